@@ -1,0 +1,25 @@
+# The ROS 2 PyPI wheels export include paths of their build machine
+# (/opt/python/cp311-cp311/...) on their *__rosidl_generator_py targets; CMake refuses
+# targets that name non-existent include dirs. Drop those entries. On a real ROS install
+# every path exists and this is a no-op.
+function(dispider_drop_missing_include_dirs)
+  get_property(_targets DIRECTORY PROPERTY IMPORTED_TARGETS)
+  foreach(_target IN LISTS _targets)
+    get_target_property(_dirs ${_target} INTERFACE_INCLUDE_DIRECTORIES)
+    if(NOT _dirs)
+      continue()
+    endif()
+    set(_kept "")
+    set(_changed FALSE)
+    foreach(_dir IN LISTS _dirs)
+      if(_dir MATCHES "^\\$<" OR EXISTS "${_dir}")
+        list(APPEND _kept "${_dir}")
+      else()
+        set(_changed TRUE)
+      endif()
+    endforeach()
+    if(_changed)
+      set_target_properties(${_target} PROPERTIES INTERFACE_INCLUDE_DIRECTORIES "${_kept}")
+    endif()
+  endforeach()
+endfunction()

@@ -1,0 +1,98 @@
+"""Plain records passed between the parts of the streaming core (no ROS types)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Tuple
+
+import numpy as np
+
+MODES = ("auto", "now", "match", "boundary", "activation")
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A sampled camera frame."""
+
+    camera_id: str
+    stamp: float  # camera time of the frame, seconds (never wall clock)
+    index: int  # per-camera index of sampled frames, from 0
+    image: np.ndarray  # (H, W, 3) uint8 RGB
+    frame_id: str = ""  # the source's coordinate frame name, passed through to outputs
+
+
+@dataclass(frozen=True)
+class FrameFeature:
+    """Perception's output for one sampled frame."""
+
+    camera_id: str
+    stamp: float
+    frame_index: int
+    clip_index: int
+    clip_boundary: bool  # this frame starts a new clip
+    clip_similarity: float  # cosine similarity to the running clip mean
+    clip_start: float  # camera time of the first frame of this frame's clip
+    embedding: np.ndarray  # (D,) float32, L2-normalised
+    frame_id: str = ""
+
+
+@dataclass
+class QuerySpec:
+    """A question as the decision core sees it."""
+
+    query_id: str
+    text: str
+    mode: str = "auto"
+    cameras: Tuple[str, ...] = ()  # empty = every camera
+    max_responses: int = 0  # 0 = mode default
+    expiry_sec: float = 0.0  # 0 = never
+    threshold: Optional[float] = None  # None = policy default
+    stamp: float = 0.0  # camera time the question was asked
+
+    def __post_init__(self):
+        if self.mode == "":
+            self.mode = "auto"
+        if self.mode not in MODES:
+            raise ValueError(f"query {self.query_id!r}: mode {self.mode!r} is not one of {MODES}")
+        if self.max_responses < 0:
+            raise ValueError(f"query {self.query_id!r}: max_responses {self.max_responses} < 0")
+        if not (self.expiry_sec >= 0.0):  # also rejects NaN
+            raise ValueError(f"query {self.query_id!r}: expiry_sec {self.expiry_sec} must be >= 0")
+        self.cameras = tuple(self.cameras)
+
+
+@dataclass(frozen=True)
+class TriggerEvent:
+    """A decision to respond, with its evidence."""
+
+    trigger_id: str
+    query_id: str
+    query_text: str
+    camera_id: str
+    policy: str  # now | match | boundary | activation
+    score: float
+    stamp: float  # camera time of the evidence frame
+    frame_index: int
+    clip_index: int
+    clip_start: float
+    clip_end: float
+    frame_id: str = ""
+
+
+@dataclass
+class ResponseEvent:
+    """A streamed chunk (final=False) or a complete answer (final=True)."""
+
+    response_id: str
+    trigger_id: str
+    query_id: str
+    camera_id: str
+    stamp: float  # camera time of the trigger's evidence
+    text: str
+    final: bool
+    sequence: int
+    revises_response_id: str = ""
+    ttft_sec: float = float("nan")
+    token_count: int = 0
+    error: str = ""
+    frame_id: str = ""
+    extras: dict = field(default_factory=dict)  # timings for diagnostics/eval (not in the message)

@@ -1,0 +1,1 @@
+"""Model roles behind small interfaces: vision/text encoder, activation head, reaction VLM."""
