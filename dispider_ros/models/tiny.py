@@ -1,0 +1,59 @@
+"""Tiny random-weight models of the real families, built locally for tests, CI and demos.
+
+A model spec "tiny:<family>" resolves to a folder under the cache (DISPIDER_CACHE, else
+~/.cache/dispider_ros/tiny); the folder is built once with save_pretrained and then
+loaded through the very same from_pretrained path a real checkpoint uses.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+LOG = logging.getLogger(__name__)
+
+PREFIX = "tiny:"
+# family -> module with build(folder: Path) -> None
+BUILDERS = {
+    "siglip": "dispider_ros.models.tiny_siglip",
+    "qwen2_vl": "dispider_ros.models.tiny_qwen2_vl",
+}
+BUILD_VERSION = "1"  # bump when a builder changes so stale caches are rebuilt
+
+
+def cache_root() -> Path:
+    root = os.environ.get("DISPIDER_CACHE") or Path.home() / ".cache" / "dispider_ros"
+    return Path(root) / "tiny"
+
+
+def is_tiny(spec: str) -> bool:
+    return spec.startswith(PREFIX)
+
+
+def resolve_model_path(spec: str) -> str:
+    """Return a loadable path for spec; builds tiny models on first use."""
+    if not is_tiny(spec):
+        return spec
+    family = spec[len(PREFIX):]
+    if family not in BUILDERS:
+        raise ValueError(f"unknown tiny model {spec!r}; known: {sorted(PREFIX + f for f in BUILDERS)}")
+    folder = cache_root() / f"{family}-v{BUILD_VERSION}"
+    if (folder / "config.json").is_file():
+        return str(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # Build into a temporary sibling and rename, so concurrent processes never see half a model.
+    staging = Path(tempfile.mkdtemp(prefix=f".{family}-", dir=folder.parent))
+    try:
+        LOG.info("building tiny %s model into %s", family, folder)
+        importlib.import_module(BUILDERS[family]).build(staging)
+        try:
+            staging.rename(folder)
+        except OSError:  # another process won the race
+            if not (folder / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return str(folder)
