@@ -1,0 +1,1 @@
+"""Thin rclpy adapters over dispider_ros.core: parameters, QoS, conversion, lifecycle."""

@@ -1,0 +1,213 @@
+"""Lifecycle plumbing shared by the three nodes: parameters, health, transitions, main()."""
+from __future__ import annotations
+
+import threading
+from typing import Any, Dict, List, Optional
+
+import rclpy
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import (QoSDurabilityPolicy, QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy,
+                       qos_profile_sensor_data)
+from rclpy.qos_overriding_options import QoSOverridingOptions
+
+from dispider_ros.models.presets import load_preset
+from dispider_ros.nodes.diagnostics import Health
+from dispider_ros.nodes.params import Param, declare, split_changes, values
+
+# Queries, triggers and responses must not be lost: reliable, a little history.
+RELIABLE = QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=50,
+                      reliability=QoSReliabilityPolicy.RELIABLE,
+                      durability=QoSDurabilityPolicy.VOLATILE)
+# Cameras: best effort, depth 1 (latest frame only); overridable for bag replay.
+SENSOR = QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=1,
+                    reliability=qos_profile_sensor_data.reliability,
+                    durability=qos_profile_sensor_data.durability)
+SENSOR_OVERRIDES = QoSOverridingOptions.with_default_policies()
+
+
+class DispiderNode(LifecycleNode):
+    """Base: declares PARAMS, validates changes, publishes health, optional autostart.
+
+    Subclasses implement configure_core / activate_io / deactivate_io / cleanup_core,
+    check_live(updates) (raise ValueError to reject) and apply_live(updates).
+    """
+
+    PARAMS: List[Param] = []
+    MODEL_PARAM = "model"
+
+    def __init__(self, name: str, **kwargs):
+        super().__init__(name, **kwargs)
+        declare(self, self.PARAMS)
+        self.state_label = "unconfigured"
+        self.settings: Dict[str, Any] = {}
+        self.resolved: Dict[str, Any] = {}  # preset-resolved model/device/dtype
+        self.lock = threading.RLock()  # guards the core between executor threads
+        self.input_group = MutuallyExclusiveCallbackGroup()  # camera callbacks
+        self.control_group = ReentrantCallbackGroup()  # queries, triggers, timers
+        self.health = Health(self, lambda: str(self.resolved.get("device", "")), self.status_values)
+        self._pending: Dict[str, Any] = {}
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.add_post_set_parameters_callback(self._after_set_parameters)
+        period = self.get_parameter("diagnostics_period_sec").value
+        self._diagnostics_timer = self.create_timer(period, self.health.publish,
+                                                    callback_group=self.control_group)
+        if self.get_parameter("autostart").value:
+            self._autostart_timer = self.create_timer(0.0, self._autostart)
+
+    # -- subclass hooks ------------------------------------------------------------------
+    def configure_core(self, settings: Dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def activate_io(self) -> None:
+        raise NotImplementedError
+
+    def deactivate_io(self) -> None:
+        raise NotImplementedError
+
+    def cleanup_core(self) -> None:
+        raise NotImplementedError
+
+    def check_live(self, updates: Dict[str, Any]) -> None:
+        """Raise ValueError naming the bad value if updates cannot be applied."""
+
+    def apply_live(self, updates: Dict[str, Any]) -> None:
+        """Apply validated live updates to the core."""
+
+    def status_values(self) -> Dict[str, Any]:
+        return {}
+
+    # -- helpers -------------------------------------------------------------------------
+    def lifecycle_state_label(self) -> str:
+        return self.state_label
+
+    def resolve_models(self, settings: Dict[str, Any]) -> Dict[str, Any]:
+        """Fill empty model/device/dtype from the preset."""
+        preset = load_preset(settings["preset"])
+        key = "vision_model" if self.MODEL_PARAM == "vision_model" else "vlm_model"
+        resolved = {
+            "model": settings[self.MODEL_PARAM] or preset.get(key, ""),
+            "device": settings["device"] or preset.get("device", "cpu"),
+            "dtype": settings["dtype"] or preset.get("dtype", "auto"),
+            "max_new_tokens": preset.get("max_new_tokens"),
+        }
+        if not resolved["model"]:
+            raise ValueError(f"{self.MODEL_PARAM} is empty and preset {settings['preset']!r} "
+                             "names none")
+        return resolved
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        settings = values(self, self.PARAMS)
+        try:
+            with self.lock:
+                self.settings = settings
+                self.resolved = self.resolve_models(settings)
+                self.configure_core(settings)
+        except Exception as error:  # any load failure: stay unconfigured, say why
+            self.get_logger().error(f"configure failed: {type(error).__name__}: {error}")
+            self._safe_cleanup()
+            return TransitionCallbackReturn.FAILURE
+        self.state_label = "inactive"
+        self.get_logger().info(
+            f"configured: model={self.resolved['model']} device={self.resolved['device']} "
+            f"dtype={self.resolved['dtype']}")
+        return super().on_configure(state)
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self.activate_io()
+        except Exception as error:
+            self.get_logger().error(f"activate failed: {type(error).__name__}: {error}")
+            return TransitionCallbackReturn.FAILURE
+        self.state_label = "active"
+        self.get_logger().info("activated")
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.deactivate_io()
+        self.state_label = "inactive"
+        self.get_logger().info("deactivated")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._safe_cleanup()
+        self.state_label = "unconfigured"
+        self.get_logger().info("cleaned up (models released)")
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.release()
+        self.state_label = "finalized"
+        return super().on_shutdown(state)
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.get_logger().error(f"error in state {state.label}: releasing resources")
+        self.release()
+        self.state_label = "unconfigured"
+        return TransitionCallbackReturn.SUCCESS
+
+    def release(self) -> None:
+        """Stop I/O and free models, whatever the state; safe to call twice."""
+        try:
+            self.deactivate_io()
+        except Exception as error:  # shutting down: report, continue freeing
+            self.get_logger().warning(f"deactivate during release: {error}")
+        self._safe_cleanup()
+
+    def _safe_cleanup(self) -> None:
+        try:
+            with self.lock:
+                self.cleanup_core()
+        except Exception as error:
+            self.get_logger().warning(f"cleanup: {type(error).__name__}: {error}")
+
+    def _autostart(self) -> None:
+        self._autostart_timer.cancel()
+        self.destroy_timer(self._autostart_timer)
+        if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+            self.trigger_activate()
+
+    # -- parameters ----------------------------------------------------------------------
+    def _on_set_parameters(self, changes) -> SetParametersResult:
+        updates, static = split_changes(self.PARAMS, changes)
+        if static and self.state_label not in ("unconfigured", "finalized"):
+            return SetParametersResult(successful=False, reason=(
+                f"{', '.join(static)} can only change while unconfigured (now "
+                f"{self.state_label}): deactivate and clean up the node, set it, configure again"))
+        live = {k: v for k, v in updates.items() if k not in static}
+        if live and self.state_label in ("inactive", "active"):
+            try:
+                self.check_live(live)
+            except (ValueError, TypeError) as error:
+                return SetParametersResult(successful=False, reason=str(error))
+            self._pending = live
+        return SetParametersResult(successful=True)
+
+    def _after_set_parameters(self, changes) -> None:
+        pending, self._pending = self._pending, {}
+        if not pending:
+            return
+        with self.lock:
+            self.settings.update(pending)
+            self.apply_live(pending)
+        self.get_logger().info(f"applied {pending}")
+
+
+def run(node_class, args: Optional[list] = None) -> None:
+    """Spin one node on a MultiThreadedExecutor until Ctrl-C; exit cleanly."""
+    rclpy.init(args=args)
+    node = node_class()
+    executor = MultiThreadedExecutor(num_threads=4)
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.release()
+        executor.shutdown(timeout_sec=1.0)
+        node.destroy_node()
+        rclpy.try_shutdown()

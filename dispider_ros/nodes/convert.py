@@ -1,0 +1,83 @@
+"""Message <-> core record conversion (the only place both worlds meet)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from builtin_interfaces.msg import Time
+from std_msgs.msg import Header
+
+from dispider_ros.core.types import FrameFeature, QuerySpec, ResponseEvent, TriggerEvent
+from dispider_ros.msg import FrameFeature as FrameFeatureMsg
+from dispider_ros.msg import Query, Response, Trigger
+
+
+def to_sec(stamp: Time) -> float:
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
+def to_time(seconds: float) -> Time:
+    if not math.isfinite(seconds) or seconds < 0:
+        seconds = 0.0
+    sec = int(seconds)
+    nanosec = min(int(round((seconds - sec) * 1e9)), 999_999_999)
+    return Time(sec=sec, nanosec=nanosec)
+
+
+def header(stamp: float, frame_id: str = "") -> Header:
+    return Header(stamp=to_time(stamp), frame_id=frame_id)
+
+
+def query_from_msg(msg: Query, assigned_id: str) -> QuerySpec:
+    """Query message -> QuerySpec (ValueError naming the problem when invalid)."""
+    threshold = float(msg.threshold)
+    return QuerySpec(
+        query_id=msg.query_id or assigned_id, text=msg.text, mode=msg.mode or "auto",
+        cameras=tuple(msg.cameras), max_responses=int(msg.max_responses),
+        expiry_sec=float(msg.expiry_sec),
+        threshold=threshold if math.isfinite(threshold) and threshold > 0 else None,
+        stamp=to_sec(msg.header.stamp))
+
+
+def feature_to_msg(feature: FrameFeature, encoder: str) -> FrameFeatureMsg:
+    return FrameFeatureMsg(
+        header=header(feature.stamp, feature.frame_id), camera_id=feature.camera_id,
+        frame_index=int(feature.frame_index), clip_index=int(feature.clip_index),
+        clip_boundary=bool(feature.clip_boundary), clip_similarity=float(feature.clip_similarity),
+        encoder=encoder, embedding=np.asarray(feature.embedding, dtype=np.float32))
+
+
+def feature_from_msg(msg: FrameFeatureMsg, clip_start: float) -> FrameFeature:
+    return FrameFeature(
+        camera_id=msg.camera_id, stamp=to_sec(msg.header.stamp), frame_index=int(msg.frame_index),
+        clip_index=int(msg.clip_index), clip_boundary=bool(msg.clip_boundary),
+        clip_similarity=float(msg.clip_similarity), clip_start=clip_start,
+        embedding=np.asarray(msg.embedding, dtype=np.float32), frame_id=msg.header.frame_id)
+
+
+def trigger_to_msg(event: TriggerEvent) -> Trigger:
+    return Trigger(
+        header=header(event.stamp, event.frame_id), trigger_id=event.trigger_id,
+        query_id=event.query_id, query_text=event.query_text, camera_id=event.camera_id,
+        policy=event.policy, score=float(event.score), frame_index=int(event.frame_index),
+        clip_index=int(event.clip_index), clip_start=to_time(event.clip_start),
+        clip_end=to_time(event.clip_end))
+
+
+def trigger_from_msg(msg: Trigger) -> TriggerEvent:
+    return TriggerEvent(
+        trigger_id=msg.trigger_id, query_id=msg.query_id, query_text=msg.query_text,
+        camera_id=msg.camera_id, policy=msg.policy, score=float(msg.score),
+        stamp=to_sec(msg.header.stamp), frame_index=int(msg.frame_index),
+        clip_index=int(msg.clip_index), clip_start=to_sec(msg.clip_start),
+        clip_end=to_sec(msg.clip_end), frame_id=msg.header.frame_id)
+
+
+def response_to_msg(event: ResponseEvent) -> Response:
+    ttft = event.ttft_sec if math.isfinite(event.ttft_sec) else 0.0
+    return Response(
+        header=header(event.stamp, event.frame_id), response_id=event.response_id,
+        trigger_id=event.trigger_id, query_id=event.query_id, camera_id=event.camera_id,
+        text=event.text, final=bool(event.final), sequence=int(event.sequence),
+        revises_response_id=event.revises_response_id, ttft_sec=float(ttft),
+        token_count=int(event.token_count), error=event.error)
