@@ -1,0 +1,240 @@
+"""The decision core: active queries x perception features -> trigger events.
+
+For each feature it expires queries by camera time, scores every active query watching
+that camera with its mode's policy, and emits a TriggerEvent (unique id, evidence stamp,
+frame and clip range) when one fires, then counts the response against the query's
+limit. Text embeddings are computed once per query when it is added, through the
+`text_encoder` callable (VisionEncoder.encode_texts in the node, anything in tests).
+A feature stamp earlier than the camera's previous one (bag loop, sim-time reset) resets
+that camera's policy state, so cooldowns from the old timeline cannot block the new one.
+All public methods are serialised by one lock (the node calls them from several threads).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import threading
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from dispider_ros.core.policies import (ActivationPolicy, BoundaryPolicy, MatchPolicy, NowPolicy,
+                                        Policy, PolicyConfig, infer_mode)
+from dispider_ros.core.queries import ActiveQuery, QueryRegistry, QueryRejected, RegistryConfig
+from dispider_ros.core.types import FrameFeature, QuerySpec, TriggerEvent
+
+LOG = logging.getLogger(__name__)
+TextEncoder = Callable[[Sequence[str]], np.ndarray]  # list of N texts -> (N, D)
+_TEXT_CACHE_SIZE = 256
+
+
+@dataclass
+class DecisionConfig:
+    """Every tunable of the decision core (all live-settable through set_config).
+
+    Args:
+        trigger_threshold, hysteresis, cooldown_sec, smoothing: see policies.PolicyConfig.
+        max_query_chars, max_queries_per_sec, max_active_queries, on_duplicate: see
+            queries.RegistryConfig.
+        id_prefix: trigger ids are "<id_prefix>-<n>"; "" = a random 8-hex prefix per core,
+            so ids stay unique across node restarts recorded in one log.
+    """
+
+    trigger_threshold: float = 0.5
+    hysteresis: float = 0.1
+    cooldown_sec: float = 5.0
+    smoothing: float = 0.5
+    max_query_chars: int = 2000
+    max_queries_per_sec: float = 5.0
+    max_active_queries: int = 64
+    on_duplicate: str = "replace"
+    id_prefix: str = ""
+
+    def __post_init__(self):
+        self.policy_config()  # validates
+        self.registry_config()
+        if not isinstance(self.id_prefix, str) or not (self.id_prefix == "" or self.id_prefix.isprintable()):
+            raise ValueError(f"id_prefix {self.id_prefix!r} must be a printable string")
+
+    def policy_config(self) -> PolicyConfig:
+        return PolicyConfig(self.trigger_threshold, self.hysteresis, self.cooldown_sec, self.smoothing)
+
+    def registry_config(self) -> RegistryConfig:
+        return RegistryConfig(self.max_query_chars, self.max_queries_per_sec,
+                              self.max_active_queries, self.on_duplicate)
+
+
+class DecisionCore:
+    """Holds the queries and policies; turns features into triggers.
+
+    Args:
+        config: thresholds and limits.
+        text_encoder: texts -> (N, D) embeddings in the frame embeddings' space; needed
+            by match and activation queries.
+        match_calibration: (scale, bias) for MatchPolicy (VisionEncoder.match_calibration()).
+        activation_head: scorer for activation queries (models.activation.ActivationHead).
+    """
+
+    def __init__(self, config: Optional[DecisionConfig] = None,
+                 text_encoder: Optional[TextEncoder] = None,
+                 match_calibration: Tuple[float, float] = (10.0, -5.0),
+                 activation_head=None):
+        self.config = config or DecisionConfig()
+        self.text_encoder = text_encoder
+        self.registry = QueryRegistry(self.config.registry_config())
+        policy_config = self.config.policy_config()
+        self.policies: Dict[str, Policy] = {
+            "now": NowPolicy(policy_config), "boundary": BoundaryPolicy(policy_config),
+            "match": MatchPolicy(policy_config, match_calibration)}
+        if activation_head is not None:
+            self.policies["activation"] = ActivationPolicy(activation_head, policy_config)
+        self._lock = threading.RLock()
+        self._prefix = self.config.id_prefix or uuid.uuid4().hex[:8]
+        self._trigger_count = 0
+        self._last_feature: Dict[str, FrameFeature] = {}
+        self._text_cache: "OrderedDict[str, np.ndarray]" = OrderedDict()
+        self.counters = {"features": 0, "triggers": 0, "policy_errors": 0, "camera_resets": 0}
+
+    def set_config(self, **changes) -> DecisionConfig:
+        """Apply new settings at once (ValueError naming the bad value, nothing applied)."""
+        with self._lock:
+            new = dataclasses.replace(self.config, **changes)
+            self.config = new
+            self.registry.config = new.registry_config()
+            for policy in self.policies.values():
+                policy.config = new.policy_config()
+            LOG.info("decision config updated: %s", changes)
+            return new
+
+    def add_query(self, spec: QuerySpec, now_stamp: float) -> Tuple[ActiveQuery, List[TriggerEvent]]:
+        """Register a query; a "now" query fires at once on the latest feature if any.
+
+        Args:
+            spec: the question (mode "auto" resolved with policies.infer_mode).
+            now_stamp: current camera/ROS time, seconds (rate limit, default query stamp).
+        Returns:
+            (the registered query, triggers fired immediately).
+        Raises:
+            QueryRejected (a ValueError with .reason) or TypeError.
+        """
+        with self._lock:
+            if not isinstance(spec.text, str):
+                raise TypeError(f"query text must be str, got {type(spec.text).__name__}")
+            mode = infer_mode(spec.text) if spec.mode == "auto" else spec.mode
+            self._check_mode_supported(spec.query_id, mode)
+            query = self.registry.add(dataclasses.replace(spec, mode=mode), now_stamp)
+            if self.policies[mode].needs_text_embedding:
+                try:
+                    query.text_embedding = self._embed(query.event_text)
+                except Exception:
+                    self.registry.cancel(query.query_id)
+                    raise
+            triggers: List[TriggerEvent] = []
+            if mode == "now":
+                for camera_id, feature in list(self._last_feature.items()):
+                    if query.watches(camera_id) and self.registry.get(query.query_id) is query:
+                        triggers += self._score(query, feature)
+            return query, triggers
+
+    def cancel(self, query_id: str) -> bool:
+        """End a query; False when it is not active (unknown or already finished)."""
+        with self._lock:
+            return self.registry.cancel(query_id)
+
+    def on_feature(self, feature: FrameFeature) -> List[TriggerEvent]:
+        """Score every active query watching feature.camera_id.
+
+        Args:
+            feature: one sampled frame's perception output.
+        Returns:
+            Triggers fired by this feature (possibly empty).
+        """
+        with self._lock:
+            if not math.isfinite(feature.stamp):
+                raise ValueError(f"feature stamp {feature.stamp!r} is not finite")
+            previous = self._last_feature.get(feature.camera_id)
+            if previous is not None and feature.stamp < previous.stamp:
+                self.reset_camera(feature.camera_id)
+                LOG.warning("camera %r: feature time went back %.3f -> %.3f; policy state reset",
+                            feature.camera_id, previous.stamp, feature.stamp)
+            self._last_feature[feature.camera_id] = feature
+            self.counters["features"] += 1
+            self.registry.expire(feature.stamp)
+            triggers: List[TriggerEvent] = []
+            for query in self.registry.active(feature.camera_id):
+                triggers += self._score(query, feature)
+            return triggers
+
+    def reset_camera(self, camera_id: str) -> None:
+        """Forget one camera's latest feature and every query's policy state for it."""
+        with self._lock:
+            self._last_feature.pop(camera_id, None)
+            for query in self.registry.active():
+                query.state.pop(camera_id, None)
+            self.counters["camera_resets"] += 1
+
+    def active_queries(self, camera_id: Optional[str] = None) -> List[ActiveQuery]:
+        with self._lock:
+            return self.registry.active(camera_id)
+
+    def stats(self) -> Dict[str, float]:
+        """Counters for diagnostics (flat dict of numbers)."""
+        with self._lock:
+            out = dict(self.counters, queries_active=len(self.registry))
+            out.update({f"queries_{k}": v for k, v in self.registry.counters.items()})
+            out.update({f"rejected_{k}": v for k, v in self.registry.rejected.items()})
+            return out
+
+    def _check_mode_supported(self, query_id: str, mode: str) -> None:
+        reason = None
+        if mode not in self.policies:
+            reason = ("no_activation_head", f"query {query_id!r}: mode {mode!r} needs an "
+                      "activation head and none is loaded")
+        elif self.policies[mode].needs_text_embedding and self.text_encoder is None:
+            reason = ("no_text_encoder", f"query {query_id!r}: mode {mode!r} needs a text encoder")
+        if reason:
+            self.registry.rejected[reason[0]] = self.registry.rejected.get(reason[0], 0) + 1
+            raise QueryRejected(*reason)
+
+    def _embed(self, text: str) -> np.ndarray:
+        cached = self._text_cache.get(text)
+        if cached is None:
+            vectors = np.asarray(self.text_encoder([text]), dtype=np.float32)  # (1, D)
+            if vectors.ndim != 2 or vectors.shape[0] != 1:
+                raise ValueError(f"text encoder returned shape {vectors.shape}, expected (1, D)")
+            norm = float(np.linalg.norm(vectors[0]))
+            if not math.isfinite(norm) or norm == 0.0:
+                raise ValueError(f"text encoder returned a vector of norm {norm}")
+            cached = vectors[0] / norm
+            self._text_cache[text] = cached
+            while len(self._text_cache) > _TEXT_CACHE_SIZE:
+                self._text_cache.popitem(last=False)
+        self._text_cache.move_to_end(text)
+        return cached
+
+    def _score(self, query: ActiveQuery, feature: FrameFeature) -> List[TriggerEvent]:
+        try:
+            score = self.policies[query.mode].observe(query, feature)
+        except ValueError as error:
+            self.counters["policy_errors"] += 1
+            if self.counters["policy_errors"] <= 10 or self.counters["policy_errors"] % 1000 == 0:
+                LOG.warning("policy %s failed for query %r: %s", query.mode, query.query_id, error)
+            return []
+        if score is None:
+            return []
+        self._trigger_count += 1
+        self.counters["triggers"] += 1
+        event = TriggerEvent(
+            trigger_id=f"{self._prefix}-{self._trigger_count}", query_id=query.query_id,
+            query_text=query.spec.text, camera_id=feature.camera_id, policy=query.mode,
+            score=float(score), stamp=feature.stamp, frame_index=feature.frame_index,
+            clip_index=feature.clip_index, clip_start=feature.clip_start, clip_end=feature.stamp,
+            frame_id=feature.frame_id)
+        LOG.info("trigger %s: query %r (%s) score %.3f at %.3f on %r", event.trigger_id,
+                 query.query_id, query.mode, score, feature.stamp, feature.camera_id)
+        self.registry.record_response(query.query_id)
+        return [event]

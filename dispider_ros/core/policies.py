@@ -1,0 +1,236 @@
+"""Decision policies: when does a query deserve a response for this frame?
+
+One interface, `Policy.observe(query, feature) -> Optional[float]`: the score that fired,
+or None. Per-camera state lives in `query.state[camera_id]`, so one policy object serves
+every query. Proactive policies (match, activation, boundary) share a trigger-storm
+guard: `cooldown_sec` of camera time between two triggers of one query on one camera.
+Match and activation also share a gate: the score is smoothed with an EMA
+(`smoothing` = weight of the past), fires when it reaches the threshold, and must fall
+below `threshold - hysteresis` before it can fire again.
+
+Mode inference for "auto" (`infer_mode`), on the lower-cased text, first rule that hits:
+  1. match    if it contains a MATCH_CUES phrase ("tell me when", "let me know if",
+              "alert me", "notify me", ...): a question about an event yet to happen;
+  2. boundary if it contains a BOUNDARY_CUES phrase ("guide me", "narrate", "step by
+              step", "keep me updated", "as it happens", ...): a running commentary;
+  3. now      otherwise: a question about the present or the past, answered at once.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional, Tuple
+
+import numpy as np
+
+from dispider_ros.core.types import FrameFeature
+
+if TYPE_CHECKING:  # queries imports this module for infer_mode/event_text
+    from dispider_ros.core.queries import ActiveQuery
+
+LOG = logging.getLogger(__name__)
+
+MATCH_CUES = ("tell me when", "tell me if", "tell me once", "let me know when",
+              "let me know if", "let me know once", "alert me", "notify me", "warn me",
+              "ping me", "remind me when", "wait until", "wait for", "watch for",
+              "look out for", "as soon as")
+BOUNDARY_CUES = ("guide me", "walk me through", "narrate", "commentate", "as it happens",
+                 "step by step", "each step", "every step", "keep me updated",
+                 "keep me posted", "play by play", "describe what happens")
+_CONNECTIVES = ("when", "if", "once", "that", "for", "whenever")
+
+
+def _normalise(text: str) -> str:
+    return " ".join(text.lower().replace("\u2019", "'").split())
+
+
+def infer_mode(text: str) -> str:
+    """Mode for a query given as "auto" (rule in the module docstring)."""
+    norm = _normalise(text)
+    if any(re.search(rf"\b{re.escape(cue)}\b", norm) for cue in MATCH_CUES):
+        return "match"
+    if any(re.search(rf"\b{re.escape(cue)}\b", norm) for cue in BOUNDARY_CUES):
+        return "boundary"
+    return "now"
+
+
+def event_text(text: str) -> str:
+    """The part of a question a text-image matcher should embed.
+
+    "Tell me when the person picks up the red cup!" -> "the person picks up the red cup":
+    the instruction before the first match cue and a following connective are dropped,
+    as are trailing ?!. marks. Text without a cue is returned stripped of those marks.
+    """
+    stripped = " ".join(text.split())
+    lowered = stripped.lower().replace("\u2019", "'")
+    cut = None
+    for cue in MATCH_CUES:
+        found = re.search(rf"\b{re.escape(cue)}\b", lowered)
+        if found and (cut is None or found.start() < cut[0]):
+            cut = (found.start(), found.end())
+    rest = stripped[cut[1]:] if cut else stripped
+    words = rest.split()
+    while words and words[0].lower().strip(",:") in _CONNECTIVES:
+        words.pop(0)
+    rest = " ".join(words).strip(" ,:;?!.")
+    return rest or stripped.strip(" ?!.") or stripped
+
+
+@dataclass
+class PolicyConfig:
+    """Args:
+        trigger_threshold: score in (0, 1] a smoothed score must reach to fire.
+        hysteresis: in [0, 1): the score must drop below threshold - hysteresis to re-arm.
+        cooldown_sec: camera seconds between triggers of one query on one camera, >= 0.
+        smoothing: EMA weight of the past score in [0, 1) (0 = no smoothing).
+    """
+
+    trigger_threshold: float = 0.5
+    hysteresis: float = 0.1
+    cooldown_sec: float = 5.0
+    smoothing: float = 0.5
+
+    def __post_init__(self):
+        checks = (("trigger_threshold", 0.0, 1.0, False, True), ("hysteresis", 0.0, 1.0, True, False),
+                  ("smoothing", 0.0, 1.0, True, False))
+        for name, low, high, low_ok, high_ok in checks:
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or \
+                    not ((low <= value if low_ok else low < value) and
+                         (value <= high if high_ok else value < high)):
+                raise ValueError(f"{name} {value!r} must be in {'[' if low_ok else '('}{low}, "
+                                 f"{high}{']' if high_ok else ')'}")
+        if not isinstance(self.cooldown_sec, (int, float)) or not (0.0 <= self.cooldown_sec < math.inf):
+            raise ValueError(f"cooldown_sec {self.cooldown_sec!r} must be a finite number >= 0")
+
+
+class Policy:
+    """Base: subclasses implement observe(); state per (query, camera) in query.state."""
+
+    name = ""
+    needs_text_embedding = False
+
+    def __init__(self, config: Optional[PolicyConfig] = None):
+        self.config = config or PolicyConfig()
+
+    def observe(self, query: "ActiveQuery", feature: FrameFeature) -> Optional[float]:
+        """Return the score that fired for this feature, or None to stay silent.
+
+        Args:
+            query: the active query (its state[camera_id] is this policy's memory).
+            feature: perception output for one sampled frame of a watched camera.
+        """
+        raise NotImplementedError
+
+    @staticmethod
+    def state(query: "ActiveQuery", camera_id: str) -> dict:
+        return query.state.setdefault(camera_id, {})
+
+    def _cooled_down(self, state: dict, stamp: float) -> bool:
+        return stamp - state.get("last_fire", -math.inf) >= self.config.cooldown_sec
+
+    def _gate(self, query: "ActiveQuery", feature: FrameFeature, raw: float) -> Optional[float]:
+        """EMA + threshold + hysteresis + cooldown on a raw score in [0, 1]."""
+        state = self.state(query, feature.camera_id)
+        alpha = self.config.smoothing
+        ema = raw if "ema" not in state else alpha * state["ema"] + (1.0 - alpha) * raw
+        state["ema"], state["raw"] = ema, raw
+        threshold = query.spec.threshold if query.spec.threshold is not None \
+            else self.config.trigger_threshold
+        if not state.get("armed", True):
+            if ema < threshold - self.config.hysteresis:
+                state["armed"] = True
+            return None
+        if ema >= threshold and self._cooled_down(state, feature.stamp):
+            state["armed"], state["last_fire"] = False, feature.stamp
+            return float(ema)
+        return None
+
+
+class NowPolicy(Policy):
+    """Fires once per camera, on the first feature seen after the query arrived."""
+
+    name = "now"
+
+    def observe(self, query, feature):
+        state = self.state(query, feature.camera_id)
+        if state.get("fired"):
+            return None
+        state["fired"] = True
+        return 1.0
+
+
+class BoundaryPolicy(Policy):
+    """Fires at clip boundaries (scene changes), subject to the cooldown."""
+
+    name = "boundary"
+
+    def observe(self, query, feature):
+        state = self.state(query, feature.camera_id)
+        if feature.clip_boundary and self._cooled_down(state, feature.stamp):
+            state["last_fire"] = feature.stamp
+            return 1.0
+        return None
+
+
+def sigmoid(z: float) -> float:
+    """Overflow-safe logistic function."""
+    return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
+
+
+class MatchPolicy(Policy):
+    """Zero-shot text-image match: sigmoid(scale * cos(text, frame) + bias), gated.
+
+    Args:
+        config: thresholds and timing.
+        calibration: (scale, bias) of the dual encoder (VisionEncoder.match_calibration());
+            the default maps cos 0.5 to 0.5 and cos 1 to 0.99 for encoders without one.
+    """
+
+    name = "match"
+    needs_text_embedding = True
+
+    def __init__(self, config: Optional[PolicyConfig] = None,
+                 calibration: Tuple[float, float] = (10.0, -5.0)):
+        super().__init__(config)
+        scale, bias = (float(v) for v in calibration)
+        if not (math.isfinite(scale) and scale > 0 and math.isfinite(bias)):
+            raise ValueError(f"calibration {calibration!r} must be (scale > 0, finite bias)")
+        self.scale, self.bias = scale, bias
+
+    def raw_score(self, query, feature) -> float:
+        text, frame = query.text_embedding, feature.embedding
+        if text is None or text.shape != frame.shape:
+            raise ValueError(f"query {query.query_id!r}: text embedding "
+                             f"{None if text is None else text.shape} does not match frame "
+                             f"embedding {frame.shape} (same dual encoder in perception and decision?)")
+        cos = float(np.dot(text, frame))  # both L2-normalised
+        return sigmoid(self.scale * cos + self.bias)
+
+    def observe(self, query, feature):
+        return self._gate(query, feature, self.raw_score(query, feature))
+
+
+class ActivationPolicy(Policy):
+    """StreamBridge-style learned activation: head.score(text, frame) in [0, 1], gated.
+
+    Args:
+        head: object with score(text (N, D), frame (N, D)) -> (N,) probabilities, e.g.
+            models.activation.ActivationHead.
+        config: thresholds and timing.
+    """
+
+    name = "activation"
+    needs_text_embedding = True
+
+    def __init__(self, head, config: Optional[PolicyConfig] = None):
+        super().__init__(config)
+        self.head = head
+
+    def observe(self, query, feature):
+        if query.text_embedding is None:
+            raise ValueError(f"query {query.query_id!r} has no text embedding")
+        raw = float(self.head.score(query.text_embedding[None], feature.embedding[None])[0])
+        return self._gate(query, feature, raw)

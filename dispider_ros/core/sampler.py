@@ -1,0 +1,231 @@
+"""Per-camera frame sampling at `sample_fps` on SOURCE stamps, and a latest-item mailbox.
+
+Sampling rule: a camera's first frame is sampled; after that a frame is sampled when its
+stamp reaches the next point of a fixed grid (`last due + 1/sample_fps`), so the average
+rate is exact whatever the source rate, and the sampled frame is always the latest one
+offered at that moment. After a gap longer than one period the grid restarts at the new
+frame (no burst to catch up). Only source stamps are used, never the wall clock, so
+replays and sim time sample exactly like live cameras.
+
+Rejected input (each counted per reason in `stats()`, then raised as `RejectedFrame`, a
+ValueError, so a node can log the specific reason and drop the frame):
+  - "bad_stamp": NaN/inf or non-numeric stamp;
+  - "bad_image": not an (H, W, 3) uint8 array with H, W > 0;
+  - "non_monotonic": a stamp not later than the camera's last offered stamp, but by at
+    most `max_backward_jump_sec` (reordering, duplicates).
+A stamp more than `max_backward_jump_sec` BEFORE the last one (bag loop, sim-time reset)
+is a clock jump: that camera's state is reset, `on_reset(camera_id, last, new)` is called,
+`resets` counted, and the frame is sampled as a fresh start. Frame indices keep counting
+across resets so (camera_id, index) stays unique for the whole run.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Generic, Optional, TypeVar
+
+import numpy as np
+
+from dispider_ros.core.types import Frame
+
+LOG = logging.getLogger(__name__)
+_EPS = 1e-6  # seconds: absorbs float error of sec+nanosec stamps on the sampling grid
+
+
+@dataclass
+class SamplerConfig:
+    """Args:
+        sample_fps: sampled frames per second of camera time, > 0.
+        max_backward_jump_sec: a stamp further back than this resets the camera.
+    """
+
+    sample_fps: float = 2.0
+    max_backward_jump_sec: float = 1.0
+
+    def __post_init__(self):
+        if not isinstance(self.sample_fps, (int, float)) or not (0.0 < self.sample_fps <= 1000.0):
+            raise ValueError(f"sample_fps {self.sample_fps!r} must be in (0, 1000]")
+        if not isinstance(self.max_backward_jump_sec, (int, float)) or \
+                not (0.0 <= self.max_backward_jump_sec < math.inf):
+            raise ValueError(f"max_backward_jump_sec {self.max_backward_jump_sec!r} must be a "
+                             "finite number >= 0")
+
+
+class RejectedFrame(ValueError):
+    """An offered frame that was not accepted; `reason` is the stats key."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass
+class CameraStats:
+    offered: int = 0
+    sampled: int = 0
+    dropped: int = 0  # valid frames not sampled (between grid points)
+    resets: int = 0
+    rejected: Dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _CameraState:
+    last_stamp: Optional[float] = None
+    next_due: float = -math.inf
+    next_index: int = 0
+    stats: CameraStats = field(default_factory=CameraStats)
+
+
+class FrameSampler:
+    """Per-camera sampler; not thread-safe (call from one ingestion thread).
+
+    Args:
+        config: sampling settings.
+        on_reset: called as on_reset(camera_id, last_stamp, new_stamp) on a clock jump.
+    """
+
+    def __init__(self, config: Optional[SamplerConfig] = None,
+                 on_reset: Optional[Callable[[str, float, float], None]] = None):
+        self.config = config or SamplerConfig()
+        self.on_reset = on_reset
+        self._cameras: Dict[str, _CameraState] = {}
+
+    @property
+    def period(self) -> float:
+        return 1.0 / self.config.sample_fps
+
+    def set_sample_fps(self, sample_fps: float) -> None:
+        """Change the rate live; the next due point moves to last sample + new period."""
+        new = SamplerConfig(sample_fps=sample_fps,
+                            max_backward_jump_sec=self.config.max_backward_jump_sec)
+        old_period, self.config = self.period, new
+        for state in self._cameras.values():
+            if state.next_due > -math.inf:
+                state.next_due += self.period - old_period
+
+    def offer(self, camera_id: str, stamp: float, image: np.ndarray,
+              frame_id: str = "") -> Optional[Frame]:
+        """Offer one source frame; returns a Frame when one is due, else None.
+
+        Args:
+            camera_id: source name (topic or camera id).
+            stamp: camera time of the frame, seconds.
+            image: (H, W, 3) uint8 RGB; kept by reference, not copied.
+            frame_id: the source's coordinate frame, passed through.
+        Raises:
+            RejectedFrame: see the module docstring for the reasons.
+        """
+        state = self._cameras.setdefault(camera_id, _CameraState())
+        state.stats.offered += 1
+        try:
+            stamp = float(stamp)
+        except (TypeError, ValueError):
+            self._reject(state, "bad_stamp", f"camera {camera_id!r}: stamp {stamp!r} is not a number")
+        if not math.isfinite(stamp):
+            self._reject(state, "bad_stamp", f"camera {camera_id!r}: stamp {stamp!r} is not finite")
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 \
+                or image.shape[2] != 3 or image.shape[0] == 0 or image.shape[1] == 0:
+            desc = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+            self._reject(state, "bad_image", f"camera {camera_id!r}: image {desc} is not "
+                         "(H, W, 3) uint8 with H, W > 0")
+        last = state.last_stamp
+        if last is not None and stamp <= last:
+            if last - stamp > self.config.max_backward_jump_sec:
+                self._reset(camera_id, state, last, stamp)
+            else:
+                self._reject(state, "non_monotonic", f"camera {camera_id!r}: stamp {stamp:.6f} is "
+                             f"not after the last one {last:.6f}")
+        state.last_stamp = stamp
+        if stamp + _EPS < state.next_due:
+            state.stats.dropped += 1
+            return None
+        # Stay on the grid unless the source paused for more than a period.
+        state.next_due = state.next_due + self.period
+        if state.next_due + _EPS <= stamp:
+            state.next_due = stamp + self.period
+        frame = Frame(camera_id=camera_id, stamp=stamp, index=state.next_index, image=image,
+                      frame_id=frame_id)
+        state.next_index += 1
+        state.stats.sampled += 1
+        return frame
+
+    def stats(self, camera_id: str) -> CameraStats:
+        """Counters of one camera (a zeroed record for an unknown camera)."""
+        state = self._cameras.get(camera_id)
+        return state.stats if state else CameraStats()
+
+    def cameras(self):
+        return list(self._cameras)
+
+    def reset(self, camera_id: Optional[str] = None) -> None:
+        """Forget sampling state (not counters or indices) of one camera or all."""
+        for cam, state in self._cameras.items():
+            if camera_id is None or cam == camera_id:
+                state.last_stamp, state.next_due = None, -math.inf
+
+    def _reset(self, camera_id: str, state: _CameraState, last: float, stamp: float) -> None:
+        LOG.warning("camera %r: time jumped back %.3f s (%.3f -> %.3f); sampling restarts",
+                    camera_id, last - stamp, last, stamp)
+        state.last_stamp, state.next_due = None, -math.inf
+        state.stats.resets += 1
+        if self.on_reset is not None:
+            self.on_reset(camera_id, last, stamp)
+
+    @staticmethod
+    def _reject(state: _CameraState, reason: str, message: str) -> None:
+        state.stats.rejected[reason] = state.stats.rejected.get(reason, 0) + 1
+        raise RejectedFrame(reason, message)
+
+
+T = TypeVar("T")
+
+
+class LatestSlot(Generic[T]):
+    """Thread-safe single-item mailbox: put() overwrites, get() takes the newest item.
+
+    Implements the latest-frame policy between a transport callback and a slower worker:
+    the worker never sees a backlog, and `overwritten` counts the items it never saw.
+    """
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._item: Optional[T] = None
+        self._full = False
+        self._closed = False
+        self.overwritten = 0
+        self.put_count = 0
+
+    def put(self, item: T) -> bool:
+        """Store item; returns True when it replaced one that was never taken."""
+        with self._cond:
+            replaced = self._full
+            if replaced:
+                self.overwritten += 1
+            self._item, self._full = item, True
+            self.put_count += 1
+            self._cond.notify()
+            return replaced
+
+    def get(self, timeout: Optional[float] = None) -> Optional[T]:
+        """Take the item, waiting up to timeout seconds (None = forever); None if none/closed."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._full or self._closed, timeout)
+            if not self._full:
+                return None
+            item, self._item, self._full = self._item, None, False
+            return item
+
+    def close(self) -> None:
+        """Wake every waiting get() (it returns None once the slot is empty)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __len__(self) -> int:
+        return int(self._full)

@@ -1,0 +1,349 @@
+"""DecisionCore: queries x features -> triggers, limits, ids, resets, live config.
+
+How `match` is made to fire (two routes, both real code paths of the core):
+  1. Controlled text encoder: the `text_encoder` callable the core calls once per query
+     returns, for the query's event text, the embedding of one chosen frame; any other
+     text gets a vector orthogonal to every frame. So cos(query, frame) is ~1 on that
+     scene and ~0 elsewhere, and the test checks the policy arithmetic end to end.
+  2. Real footage + tiny SigLIP: the random-weight text tower is fine-tuned for 60 AdamW
+     steps (vision tower frozen, SigLIP's own sigmoid loss with its logit scale/bias) to
+     pair one caption per scene of Big Buck Bunny with that scene's frames; scenes come
+     from pixel-histogram cuts, not from the model. The core then embeds the query
+     through VisionEncoder.encode_texts, exactly as the decision node does. The queries
+     wrap the trained captions in instructions ("Tell me when ..."), which event_text
+     strips; a 60-step tower does not generalise to new wording, so none is tested.
+"""
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dispider_ros.core.decision import DecisionConfig, DecisionCore
+from dispider_ros.core.queries import QueryRejected
+from dispider_ros.core.types import FrameFeature, QuerySpec
+
+D = 16
+VIDEOS = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "videos"
+
+
+def unit(v):
+    return (v / np.linalg.norm(v)).astype(np.float32)
+
+
+RNG = np.random.default_rng(0)
+SCENE_A = unit(RNG.standard_normal(D))
+_B = RNG.standard_normal(D)
+SCENE_B = unit(_B - np.dot(_B, SCENE_A) * SCENE_A)  # orthogonal scenes: cos(A, B) = 0
+
+
+def feature(stamp, embedding=SCENE_A, camera="cam", boundary=False, index=None, clip=0):
+    return FrameFeature(camera_id=camera, stamp=stamp,
+                        frame_index=int(round(stamp * 2)) if index is None else index,
+                        clip_index=clip, clip_boundary=boundary, clip_similarity=0.9,
+                        clip_start=0.0, embedding=embedding, frame_id="optical")
+
+
+class FrameMatchingEncoder:
+    """Route 1: the event text maps to a chosen frame embedding, all else orthogonal."""
+
+    def __init__(self, table):
+        self.table, self.calls = table, []
+
+    def __call__(self, texts):
+        self.calls.extend(texts)
+        out = []
+        for text in texts:
+            if text in self.table:
+                out.append(self.table[text])
+            else:  # orthogonal to both scenes: cos = 0 with every frame
+                v = RNG.standard_normal(D)
+                for s in (SCENE_A, SCENE_B):
+                    v -= np.dot(v, s) * s
+                out.append(unit(v))
+        return np.stack(out)
+
+
+def make_core(**config):
+    config.setdefault("id_prefix", "t")
+    config.setdefault("max_queries_per_sec", 0.0)
+    encoder = FrameMatchingEncoder({"the red cup is on the table": SCENE_B})
+    return DecisionCore(DecisionConfig(**config), text_encoder=encoder), encoder
+
+
+def stream(core, scenes, dt=0.5, start=0.0):
+    """Feed (embedding, count) runs; return the triggers."""
+    triggers, t = [], start
+    for embedding, count in scenes:
+        for _ in range(count):
+            triggers += core.on_feature(feature(t, embedding))
+            t += dt
+    return triggers
+
+
+def test_now_query_answers_at_once_with_the_latest_frame():
+    core, _ = make_core()
+    core.on_feature(feature(3.0, clip=2))
+    query, triggers = core.add_query(QuerySpec("q1", "What is on the table?"), now_stamp=3.2)
+    assert query.mode == "now"
+    (t,) = triggers
+    assert (t.query_id, t.policy, t.stamp, t.frame_index, t.clip_index) == ("q1", "now", 3.0, 6, 2)
+    assert (t.camera_id, t.frame_id, t.clip_start, t.clip_end, t.query_text) == \
+        ("cam", "optical", 0.0, 3.0, "What is on the table?")
+    assert core.active_queries() == [] and core.stats()["queries_completed"] == 1
+
+
+def test_now_query_before_any_frame_fires_on_the_next_one():
+    core, _ = make_core()
+    _, triggers = core.add_query(QuerySpec("q1", "what is this", mode="now"), now_stamp=0.0)
+    assert triggers == []
+    assert [t.stamp for t in core.on_feature(feature(0.5))] == [0.5]
+    assert core.on_feature(feature(1.0)) == []
+
+
+def test_match_fires_on_the_matching_scene_only_and_silent_otherwise():
+    # smoothing 0.6: EMA 0.40 on the first B frame, 0.64 on the second -> fires at 5.5
+    core, encoder = make_core(smoothing=0.6, cooldown_sec=0.0)
+    core.add_query(QuerySpec("cup", "Tell me when the red cup is on the table."), now_stamp=0.0)
+    core.add_query(QuerySpec("dog", "Tell me when a dog barks", mode="match"), now_stamp=0.0)
+    triggers = stream(core, [(SCENE_A, 10), (SCENE_B, 10), (SCENE_A, 10)])
+    assert [(t.query_id, t.stamp) for t in triggers] == [("cup", 5.5)]
+    assert triggers[0].policy == "match" and triggers[0].score > 0.6
+    assert encoder.calls == ["the red cup is on the table", "a dog barks"]  # once per query
+
+
+def test_hysteresis_and_cooldown_hold():
+    core, _ = make_core(smoothing=0.0, hysteresis=0.2, cooldown_sec=4.0)
+    core.add_query(QuerySpec("cup", "tell me when the red cup is on the table"), now_stamp=0.0)
+    # B stays up 3 s: one trigger (no re-arm while high); the dip re-arms, but the next
+    # B run starts 3.5 s after the first trigger, inside the 4 s cooldown: it fires at 4.0.
+    triggers = stream(core, [(SCENE_B, 6), (SCENE_A, 1), (SCENE_B, 6), (SCENE_A, 1), (SCENE_B, 1)])
+    assert [t.stamp for t in triggers] == [0.0, 4.0]
+    (later,) = stream(core, [(SCENE_A, 1), (SCENE_B, 1)], start=20.0)
+    assert later.stamp == 20.5
+
+
+def test_expiry_limits_cameras_cancel_and_unique_ids():
+    core, _ = make_core(cooldown_sec=0.0)
+    core.add_query(QuerySpec("exp", "narrate", expiry_sec=2.0, stamp=10.0), now_stamp=10.0)
+    core.add_query(QuerySpec("two", "guide me", max_responses=2, cameras=("cam",)), now_stamp=10.0)
+    core.add_query(QuerySpec("rear", "guide me", cameras=("rear",)), now_stamp=10.0)
+    core.add_query(QuerySpec("gone", "guide me"), now_stamp=10.0)
+    assert core.cancel("gone") is True and core.cancel("gone") is False
+    fired = []
+    for t in (10.5, 11.0, 12.0, 13.0):
+        fired += core.on_feature(feature(t, boundary=True))
+    assert [(t.query_id, t.stamp) for t in fired] == [("exp", 10.5), ("two", 10.5), ("exp", 11.0),
+                                                        ("two", 11.0)]
+    assert [q.query_id for q in core.active_queries()] == ["rear"]
+    fired += core.on_feature(feature(13.5, camera="rear", boundary=True))
+    ids = [t.trigger_id for t in fired]
+    assert len(set(ids)) == len(ids) == 5 and ids[0] == "t-1"
+    stats = core.stats()
+    assert (stats["queries_expired"], stats["queries_completed"], stats["queries_cancelled"]) == (1, 1, 1)
+
+
+def test_time_going_back_resets_camera_state():
+    core, _ = make_core(smoothing=0.0, cooldown_sec=100.0)
+    core.add_query(QuerySpec("cup", "tell me when the red cup is on the table"), now_stamp=0.0)
+    assert len(stream(core, [(SCENE_B, 2)], start=50.0)) == 1
+    # bag loop: cooldown from the old timeline would block for 100 s; it is reset instead
+    assert len(stream(core, [(SCENE_B, 1)], start=0.0)) == 1
+    assert core.stats()["camera_resets"] == 1
+
+
+def test_rejections_are_specific_and_counted():
+    core = DecisionCore(DecisionConfig(max_query_chars=20, max_queries_per_sec=0))
+    with pytest.raises(QueryRejected, match="needs a text encoder") as info:
+        core.add_query(QuerySpec("m", "tell me when it rains"), now_stamp=0.0)
+    assert info.value.reason == "no_text_encoder"
+    with pytest.raises(QueryRejected, match="activation head") as info:
+        core.add_query(QuerySpec("a", "x", mode="activation"), now_stamp=0.0)
+    with pytest.raises(QueryRejected, match="max_query_chars 20"):
+        core.add_query(QuerySpec("l", "y" * 21), now_stamp=0.0)
+    with pytest.raises(TypeError, match="int"):
+        core.add_query(QuerySpec("t", 5), now_stamp=0.0)
+    stats = core.stats()
+    assert (stats["rejected_no_text_encoder"], stats["rejected_no_activation_head"],
+            stats["rejected_too_long"], stats["queries_active"]) == (1, 1, 1, 0)
+
+
+def test_policy_error_is_counted_and_other_queries_still_scored():
+    def wrong_dim(texts):
+        return np.ones((len(texts), D + 1), np.float32)
+
+    core = DecisionCore(DecisionConfig(id_prefix="t", cooldown_sec=0.0), text_encoder=wrong_dim)
+    core.add_query(QuerySpec("m", "tell me when x"), now_stamp=0.0)
+    core.add_query(QuerySpec("b", "narrate"), now_stamp=0.0)
+    triggers = core.on_feature(feature(1.0, boundary=True))
+    assert [t.query_id for t in triggers] == ["b"]
+    assert core.stats()["policy_errors"] == 1
+
+
+def test_live_config_applies_at_once_and_bad_values_change_nothing():
+    core, _ = make_core(smoothing=0.0, cooldown_sec=0.0, trigger_threshold=0.999)
+    core.add_query(QuerySpec("cup", "tell me when the red cup is on the table"), now_stamp=0.0)
+    half = unit(SCENE_B + SCENE_A)  # cos ~0.7 with B: sigmoid(10 * 0.7 - 5) ~ 0.88
+    assert stream(core, [(half, 2)]) == []
+    core.set_config(trigger_threshold=0.6)
+    assert len(stream(core, [(half, 1)], start=5.0)) == 1
+    with pytest.raises(ValueError, match="hysteresis 2"):
+        core.set_config(hysteresis=2)
+    assert core.config.trigger_threshold == 0.6 and core.config.hysteresis == 0.1
+    with pytest.raises(ValueError, match="max_queries_per_sec -1"):
+        core.set_config(max_queries_per_sec=-1)
+
+
+def test_concurrent_calls_are_serialised():
+    core, _ = make_core(cooldown_sec=0.0)
+    errors, done = [], threading.Event()
+
+    def feed():
+        try:
+            for i in range(300):
+                core.on_feature(feature(i * 0.1, boundary=i % 3 == 0))
+        except Exception as error:  # pragma: no cover - reported below
+            errors.append(error)
+        done.set()
+
+    thread = threading.Thread(target=feed, daemon=True)
+    thread.start()
+    for i in range(60):
+        core.add_query(QuerySpec(f"q{i}", "narrate", max_responses=1), now_stamp=0.0)
+        core.cancel(f"q{i - 5}")
+    assert done.wait(10.0) and not errors
+    thread.join(5.0)
+
+
+# --- route 2: real footage and the tiny SigLIP text tower -------------------------------
+
+CAPTIONS = ["a black screen", "a green meadow with trees", "a small stream among rocks",
+            "a bird sits on a branch", "a title over a tree stump"]
+
+
+def bbb_features_and_scene_starts(encoder):
+    import cv2
+
+    from dispider_ros.core.perception import PerceptionConfig, PerceptionPipeline
+    from dispider_ros.core.sampler import SamplerConfig
+
+    path = VIDEOS / "moviepy_big_buck_bunny_0_30.webm"
+    if not path.is_file():
+        pytest.skip(f"{path} is absent on this machine")
+    pipeline = PerceptionPipeline(encoder, PerceptionConfig(sampler=SamplerConfig(2.0)))
+    capture = cv2.VideoCapture(str(path))
+    frames, starts, previous, last_change = [], [], None, -10.0
+    while True:
+        ok, bgr = capture.read()
+        if not ok:
+            break
+        stamp = capture.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+        hist = cv2.calcHist([cv2.resize(bgr, (160, 90))], [0, 1, 2], None, [8] * 3, [0, 256] * 3).ravel()
+        hist /= hist.sum()
+        # a new scene where >= 30 % of pixel mass changes bins, unless the previous such
+        # change was < 1 s ago (then it is the same transition, e.g. the fade-in)
+        if previous is not None and 0.5 * np.abs(hist - previous).sum() > 0.3:
+            if stamp - last_change > 1.0:
+                starts.append(stamp)
+            last_change = stamp
+        previous = hist
+        frame = pipeline.offer("cam", stamp, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+        if frame is not None:
+            frames.append(frame)
+    capture.release()
+    return pipeline.process(frames), starts
+
+
+def test_match_on_real_footage_with_a_fine_tuned_tiny_siglip_text_tower():
+    from dispider_ros.models.vision import VisionEncoder, VisionEncoderConfig
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    encoder = VisionEncoder(VisionEncoderConfig(model="tiny:siglip"))
+    features, starts = bbb_features_and_scene_starts(encoder)
+    assert len(starts) == len(CAPTIONS) - 1, starts  # fade-in + three cuts
+    scene = np.array([sum(s <= f.stamp for s in starts) for f in features])  # (F,)
+    frames = torch.from_numpy(np.stack([f.embedding for f in features]))  # (F, D)
+    labels = torch.from_numpy(np.where(scene[None] == np.arange(len(CAPTIONS))[:, None], 1.0, -1.0))
+    model = encoder.model
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params = list(model.text_model.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    tokens = encoder.processor.tokenizer(CAPTIONS, padding="max_length", truncation=True,
+                                         max_length=16, return_tensors="pt")
+    scale, bias = encoder.match_calibration()
+    optimiser = torch.optim.AdamW(params, lr=3e-3)
+    losses = []
+    for _ in range(60):
+        text = torch.nn.functional.normalize(model.get_text_features(input_ids=tokens["input_ids"]), dim=-1)
+        loss = -torch.nn.functional.logsigmoid(labels * (scale * text @ frames.T + bias)).mean()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    model.eval()
+    assert losses[-1] < 0.2 * losses[0]
+
+    core = DecisionCore(DecisionConfig(id_prefix="r", max_queries_per_sec=0),
+                        text_encoder=encoder.encode_texts, match_calibration=(scale, bias))
+    core.add_query(QuerySpec("bird", "Tell me when a bird sits on a branch"), now_stamp=0.0)
+    core.add_query(QuerySpec("stream", "Please let me know when: a small stream among rocks?"),
+                   now_stamp=0.0)
+    triggers = [t for f in features for t in core.on_feature(f)]
+    by_query = {q: [t.stamp for t in triggers if t.query_id == q] for q in ("bird", "stream")}
+    bird_start, bird_end = starts[2], starts[3]
+    stream_start, stream_end = starts[1], starts[2]
+    assert by_query["bird"] and all(bird_start <= s < bird_end for s in by_query["bird"]), by_query
+    assert by_query["bird"][0] <= bird_start + 1.0  # within two sampled frames of the cut
+    assert by_query["stream"] and all(stream_start <= s < stream_end for s in by_query["stream"])
+    encoder.close()
+
+
+# --- property: random operation sequences ----------------------------------------------
+
+operation = st.one_of(
+    st.tuples(st.just("add"), st.sampled_from(["", "a", "b", "c"]),
+              st.sampled_from(["tell me when the red cup is on the table", "narrate", "what now?",
+                               "", "x\x00y", "guide me " * 40, "notify me if a dog barks"]),
+              st.sampled_from(["auto", "now", "match", "boundary"]),
+              st.integers(0, 3), st.sampled_from([0.0, 1.0, 5.0])),
+    st.tuples(st.just("cancel"), st.sampled_from(["a", "b", "c", "zzz"])),
+    st.tuples(st.just("feature"), st.floats(-5, 60, allow_nan=False), st.booleans(),
+              st.sampled_from(["A", "B"]), st.sampled_from(["cam", "rear"])),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops=st.lists(operation, max_size=60))
+def test_property_random_operations_keep_invariants(ops):
+    core, _ = make_core(max_query_chars=200, max_queries_per_sec=3.0, cooldown_sec=1.0)
+    triggers, now = [], 0.0
+    for op in ops:
+        if op[0] == "add":
+            _, qid, text, mode, limit, expiry = op
+            try:
+                _, fired = core.add_query(QuerySpec(qid, text, mode=mode, max_responses=limit,
+                                                    expiry_sec=expiry), now_stamp=now)
+                triggers += fired
+            except QueryRejected as error:
+                assert error.reason in {"empty_text", "too_long", "control_characters",
+                                        "rate_limited"}
+        elif op[0] == "cancel":
+            core.cancel(op[1])
+        else:
+            _, stamp, boundary, scene, camera = op
+            now = stamp
+            emb = SCENE_A if scene == "A" else SCENE_B
+            triggers += core.on_feature(feature(stamp, emb, camera=camera, boundary=boundary))
+    ids = [t.trigger_id for t in triggers]
+    assert len(ids) == len(set(ids))
+    assert all(0.0 <= t.score <= 1.0 and t.clip_end == t.stamp for t in triggers)
+    for query in core.active_queries():
+        assert query.mode != "auto" and not query.exhausted
+    stats = core.stats()
+    assert stats["triggers"] == len(triggers) and stats["queries_active"] == len(core.active_queries())
