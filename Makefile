@@ -28,7 +28,7 @@ test: setup
 	$(PY) -m pytest
 
 demo: setup
-	$(PY) -m dispider_ros.demo
+	$(PY) -m dispider_ros.nodes.demo
 
 bench-quick: setup
 	$(PY) -m bench --quick

@@ -100,12 +100,11 @@ class DispiderNode(LifecycleNode):
 
     # -- lifecycle -----------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        settings = values(self, self.PARAMS)
         try:
             with self.lock:
-                self.settings = settings
-                self.resolved = self.resolve_models(settings)
-                self.configure_core(settings)
+                self.settings = values(self, self.PARAMS)
+                self.resolved = self.resolve_models(self.settings)
+                self.configure_core(self.settings)
         except Exception as error:  # any load failure: stay unconfigured, say why
             self.get_logger().error(f"configure failed: {type(error).__name__}: {error}")
             self._safe_cleanup()

@@ -43,15 +43,15 @@ def feature_to_msg(feature: FrameFeature, encoder: str) -> FrameFeatureMsg:
     return FrameFeatureMsg(
         header=header(feature.stamp, feature.frame_id), camera_id=feature.camera_id,
         frame_index=int(feature.frame_index), clip_index=int(feature.clip_index),
-        clip_boundary=bool(feature.clip_boundary), clip_similarity=float(feature.clip_similarity),
-        encoder=encoder, embedding=np.asarray(feature.embedding, dtype=np.float32))
+        clip_boundary=bool(feature.clip_boundary), clip_start=to_time(feature.clip_start),
+        clip_similarity=float(feature.clip_similarity), encoder=encoder, embedding=np.asarray(feature.embedding, dtype=np.float32))
 
 
-def feature_from_msg(msg: FrameFeatureMsg, clip_start: float) -> FrameFeature:
+def feature_from_msg(msg: FrameFeatureMsg) -> FrameFeature:
     return FrameFeature(
         camera_id=msg.camera_id, stamp=to_sec(msg.header.stamp), frame_index=int(msg.frame_index),
         clip_index=int(msg.clip_index), clip_boundary=bool(msg.clip_boundary),
-        clip_similarity=float(msg.clip_similarity), clip_start=clip_start,
+        clip_similarity=float(msg.clip_similarity), clip_start=to_sec(msg.clip_start),
         embedding=np.asarray(msg.embedding, dtype=np.float32), frame_id=msg.header.frame_id)
 
 

@@ -45,7 +45,11 @@ class Param:
 def declare(node, params: Iterable[Param]) -> None:
     for param in params:
         if isinstance(param.default, list) and not param.default:
+            # An empty list has no type of its own: declare the type, then set the value.
             node.declare_parameter(param.name, Parameter.Type.STRING_ARRAY, param.descriptor())
+            if not node.has_parameter(param.name) or \
+                    node.get_parameter_or(param.name).type_ == Parameter.Type.NOT_SET:
+                node.set_parameters([Parameter(param.name, Parameter.Type.STRING_ARRAY, [])])
         else:
             node.declare_parameter(param.name, param.default, param.descriptor())
 

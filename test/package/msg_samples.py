@@ -19,7 +19,7 @@ def samples():
                         revises_response_id="r-8", ttft_sec=0.125, token_count=17, error="")
     response.header = query.header
     feature = FrameFeature(camera_id="front", frame_index=41, clip_index=3, clip_boundary=True,
-                           clip_similarity=0.5, encoder="tiny:siglip",
+                           clip_start=Time(sec=10, nanosec=1), clip_similarity=0.5, encoder="tiny:siglip",
                            embedding=[0.6, -0.8, 0.0, 1e-3])
     feature.header = query.header
     return [query, trigger, response, feature]
