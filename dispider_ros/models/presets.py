@@ -8,7 +8,7 @@ from typing import Dict, List
 import yaml
 
 _REPO_CONFIG = Path(__file__).resolve().parents[2] / "config"
-KEYS = {"description", "vision_model", "vlm_model", "device", "dtype", "max_new_tokens"}
+KEYS = {"description", "vision_model", "vlm_model", "device", "dtype"}
 
 
 def config_dirs() -> List[Path]:

@@ -91,7 +91,6 @@ class DispiderNode(LifecycleNode):
             "model": settings[self.MODEL_PARAM] or preset.get(key, ""),
             "device": settings["device"] or preset.get("device", "cpu"),
             "dtype": settings["dtype"] or preset.get("dtype", "auto"),
-            "max_new_tokens": preset.get("max_new_tokens"),
         }
         if not resolved["model"]:
             raise ValueError(f"{self.MODEL_PARAM} is empty and preset {settings['preset']!r} "
