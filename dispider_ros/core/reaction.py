@@ -1,0 +1,349 @@
+"""Reaction scheduling: frames into memory on arrival, triggers answered by a worker thread.
+
+`ReactionEngine` owns the memory buffer and the reaction VLM:
+- `ingest(frame)` encodes a frame's visual tokens on the caller's thread (the perception
+  side) and stores them; it shares no lock with generation beyond the memory's short one,
+  so frames keep flowing while an answer decodes (MOSS-Video-Preview: perception is never
+  blocked by generation; Dispider: reaction runs asynchronously).
+- `submit(trigger)` queues a reaction and returns its response id at once.
+- One worker thread (its own) builds the prompt from the memory snapshot and the query text,
+  generates, and emits ResponseEvents through `on_response`: chunks (final=False,
+  sequence 0..n-1) and one final (final=True, full text, sequence n, ttft, token count,
+  error). A successful answer is then added to memory as a question/answer turn pair at
+  the trigger's stamp, closing a StreamBridge round.
+
+Scheduling policy:
+- Triggers for different queries are answered first in, first out. The queue is bounded
+  (`max_queue`); on overflow the oldest waiting trigger is dropped with a counted warning.
+- A newer trigger for the SAME query while that query's answer is still generating stops
+  the stale generation (a StoppingCriteria checks its stop event after every token) and is
+  answered next, ahead of the queue: the user wants the fresher answer now. Its final
+  ResponseEvent's revises_response_id names the stopped response; the stopped response
+  still ends with a final event (partial text, extras["stop_reason"] == "preempted") and is
+  not added to memory. A newer trigger for a query that is only waiting in the queue takes
+  the waiting one's place (it inherits what that one would have revised).
+- Every trigger gets exactly one final ResponseEvent: dropped and superseded triggers get
+  one with `error` set, so a run record stays complete.
+- An exception in generation gives a final ResponseEvent with `error` set; the worker
+  carries on with the next trigger.
+- `on_response` is called from the worker thread, and from `submit()`/`close()` callers for
+  triggers that never started. It must not block for long.
+
+ttft_sec in ResponseEvents is measured from `submit()` to the first streamed token (queue
+wait included: what the asker experiences); extras hold the parts (queue wait, the model's
+own ttft, prefill and reused prompt tokens, tokens/s).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Deque, List, Optional
+
+import torch
+
+from dispider_ros.core.memory import FrameTokens, MemoryBuffer, MemoryConfig
+from dispider_ros.core.types import Frame, ResponseEvent, TriggerEvent
+from dispider_ros.models.vlm import PromptParts, ReactionVLM, ReactionVLMConfig, load_reaction_vlm
+
+LOG = logging.getLogger(__name__)
+
+PROMPT_CAMERAS = ("all", "trigger")
+ResponseCallback = Callable[[ResponseEvent], None]
+
+
+@dataclass
+class ReactionConfig:
+    """Args:
+        memory: the memory buffer's budget and compression.
+        vlm: the reaction model (used when the engine loads it itself).
+        max_queue: triggers waiting at most, >= 1; overflow drops the oldest.
+        preempt_same_query: a newer trigger for a query stops its stale answer.
+        remember_dialogue: add each answered question and answer to memory.
+        prompt_cameras: "all" = frames of every camera in the prompt; "trigger" = only the
+            trigger's camera (dialogue is always included).
+        evidence_wait_sec: wait up to this long for the trigger's evidence frame to reach
+            memory (decision and reaction see frames on separate paths), >= 0.
+        worker_threads: torch intra-op threads of the worker, >= 1 (1 on small CPUs, so
+            generation leaves a core to perception).
+        poll_sec: the worker's queue read timeout, so close() is noticed, > 0.
+    """
+
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    vlm: ReactionVLMConfig = field(default_factory=ReactionVLMConfig)
+    max_queue: int = 8
+    preempt_same_query: bool = True
+    remember_dialogue: bool = True
+    prompt_cameras: str = "all"
+    evidence_wait_sec: float = 0.5
+    worker_threads: int = 1
+    poll_sec: float = 0.1
+
+    def __post_init__(self):
+        if not isinstance(self.memory, MemoryConfig):
+            raise TypeError(f"memory {self.memory!r} must be a MemoryConfig")
+        if not isinstance(self.vlm, ReactionVLMConfig):
+            raise TypeError(f"vlm {self.vlm!r} must be a ReactionVLMConfig")
+        for name in ("max_queue", "worker_threads"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} {value!r} must be an int >= 1")
+        if self.prompt_cameras not in PROMPT_CAMERAS:
+            raise ValueError(f"prompt_cameras {self.prompt_cameras!r} is not one of {PROMPT_CAMERAS}")
+        if not (self.evidence_wait_sec >= 0.0):
+            raise ValueError(f"evidence_wait_sec {self.evidence_wait_sec!r} must be >= 0")
+        if not (self.poll_sec > 0.0):
+            raise ValueError(f"poll_sec {self.poll_sec!r} must be > 0")
+
+
+@dataclass
+class _Job:
+    trigger: TriggerEvent
+    response_id: str
+    submitted: float  # perf_counter at submit()
+    revises: str = ""
+    stop: threading.Event = field(default_factory=threading.Event)
+    preempted_by: str = ""
+
+
+class ReactionEngine:
+    """Memory + reaction VLM + worker thread (see the module docstring for the policy).
+
+    Args:
+        config: engine, memory and model settings.
+        on_response: receives every ResponseEvent (chunks and finals).
+        vlm: an already loaded model to use (the engine then does not close it); None = load
+            config.vlm with load_reaction_vlm.
+    """
+
+    def __init__(self, config: ReactionConfig, on_response: ResponseCallback,
+                 vlm: Optional[ReactionVLM] = None):
+        self.config = config
+        self.on_response = on_response
+        self._owns_vlm = vlm is None
+        self.vlm: ReactionVLM = vlm if vlm is not None else load_reaction_vlm(config.vlm)
+        self.memory = MemoryBuffer(config.memory)
+        self._cond = threading.Condition()
+        self._queue: Deque[_Job] = deque()
+        self._current: Optional[_Job] = None
+        self._closing = False
+        self._stats_lock = threading.Lock()
+        self.counts = {"frames_ingested": 0, "submitted": 0, "answered": 0, "errors": 0,
+                       "preempted": 0, "superseded": 0, "dropped": 0}
+        self._last = {"ttft_sec": math.nan, "tokens_per_sec": math.nan, "encode_ms": math.nan,
+                      "prompt_tokens": 0, "reused_tokens": 0}
+        self._worker = threading.Thread(target=self._run, name="reaction-worker", daemon=True)
+        self._worker.start()
+
+    # ---- perception side -----------------------------------------------------------------
+    def ingest(self, frame: Frame) -> FrameTokens:
+        """Encode a sampled frame's visual tokens now and store them in memory.
+
+        Args:
+            frame: the sampled camera frame ((H, W, 3) uint8 RGB image).
+        Returns:
+            The stored FrameTokens.
+        Raises:
+            ValueError: the image is not (H, W, 3) uint8.
+        """
+        if not isinstance(frame, Frame):
+            raise TypeError(f"ingest needs a Frame, got {type(frame).__name__}")
+        tokens = self.vlm.encode_frame(frame.image, camera_id=frame.camera_id, stamp=frame.stamp,
+                                       frame_index=frame.index, frame_id=frame.frame_id)
+        stored = self.memory.add_frame(tokens)
+        with self._stats_lock:
+            self.counts["frames_ingested"] += 1
+            self._last["encode_ms"] = tokens.encode_ms
+        return stored
+
+    # ---- decision side -------------------------------------------------------------------
+    def submit(self, trigger: TriggerEvent) -> str:
+        """Queue a reaction to trigger.
+
+        Args:
+            trigger: the decision to respond, with its query text and evidence.
+        Returns:
+            The response id its ResponseEvents will carry.
+        """
+        if not isinstance(trigger, TriggerEvent):
+            raise TypeError(f"submit needs a TriggerEvent, got {type(trigger).__name__}")
+        job = _Job(trigger, f"resp-{trigger.trigger_id}", time.perf_counter())
+        orphans: List[tuple] = []  # (job, error) finished without running, emitted unlocked
+        with self._cond:
+            if self._closing:
+                raise RuntimeError("reaction engine is closed")
+            self.counts["submitted"] += 1
+            current = self._current
+            same = lambda other: other.trigger.query_id == trigger.query_id  # noqa: E731
+            waiting = next((i for i, j in enumerate(self._queue) if same(j)), None) \
+                if self.config.preempt_same_query else None
+            if self.config.preempt_same_query and current is not None and same(current) \
+                    and not current.stop.is_set():
+                current.preempted_by = trigger.trigger_id
+                current.stop.set()
+                job.revises = current.response_id
+                self.counts["preempted"] += 1
+                if waiting is not None:  # an even older revision that never started
+                    orphans.append((self._queue[waiting], f"superseded by trigger {trigger.trigger_id}"))
+                    del self._queue[waiting]
+                    self.counts["superseded"] += 1
+                self._queue.appendleft(job)
+            elif waiting is not None:
+                stale = self._queue[waiting]
+                job.revises = stale.revises
+                self._queue[waiting] = job
+                self.counts["superseded"] += 1
+                orphans.append((stale, f"superseded by trigger {trigger.trigger_id}"))
+            else:
+                self._queue.append(job)
+                if len(self._queue) > self.config.max_queue:
+                    dropped = self._queue.popleft()
+                    self.counts["dropped"] += 1
+                    LOG.warning("reaction queue full (%d): dropped trigger %s of query %s (%d dropped)",
+                                self.config.max_queue, dropped.trigger.trigger_id,
+                                dropped.trigger.query_id, self.counts["dropped"])
+                    orphans.append((dropped, "dropped: reaction queue full"))
+            self._cond.notify_all()
+        for stale, error in orphans:
+            self._emit_final(stale, "", error, extras={"stop_reason": "not_started"})
+        return job.response_id
+
+    # ---- lifecycle and diagnostics -------------------------------------------------------
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until no trigger is queued or running, or timeout (seconds); True if idle."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._queue and self._current is None, timeout)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the running answer, answer waiting triggers with an error, join the worker."""
+        with self._cond:
+            if self._closing:
+                return
+            self._closing = True
+            waiting = list(self._queue)
+            self._queue.clear()
+            if self._current is not None:
+                self._current.stop.set()
+            self._cond.notify_all()
+        for job in waiting:
+            self._emit_final(job, "", "reaction engine closed", extras={"stop_reason": "not_started"})
+        if threading.current_thread() is not self._worker:  # close() from on_response cannot join
+            self._worker.join(timeout)
+        if self._worker.is_alive() and threading.current_thread() is not self._worker:
+            LOG.warning("reaction worker did not finish within %.1f s", timeout)
+        if self._owns_vlm:
+            self.vlm.close()
+
+    def stats(self) -> dict:
+        """Counters and last timings for diagnostics."""
+        with self._cond:
+            depth, busy = len(self._queue), self._current is not None
+        with self._stats_lock:
+            out = dict(self.counts, **{f"last_{k}": v for k, v in self._last.items()})
+        out.update(queue_depth=depth, busy=busy, memory_tokens=self.memory.token_count(),
+                   max_tokens=self.memory.config.max_tokens)
+        return out
+
+    # ---- worker --------------------------------------------------------------------------
+    def _run(self) -> None:
+        torch.set_num_threads(self.config.worker_threads)
+        while True:
+            with self._cond:
+                while not self._queue and not self._closing:
+                    self._cond.wait(self.config.poll_sec)
+                if self._closing:
+                    self._current = None
+                    self._cond.notify_all()
+                    return
+                job = self._queue.popleft()
+                self._current = job
+            try:
+                self._react(job)
+            except Exception:  # a bug in emitting must not kill the worker
+                LOG.exception("reaction to trigger %s failed outside generation", job.trigger.trigger_id)
+            finally:
+                with self._cond:
+                    self._current = None
+                    self._cond.notify_all()
+
+    def _react(self, job: _Job) -> None:
+        trigger = job.trigger
+        started = time.perf_counter()
+        if self.config.evidence_wait_sec > 0 and not self.memory.wait_for_frame(
+                trigger.camera_id, trigger.stamp, self.config.evidence_wait_sec):
+            LOG.debug("trigger %s: evidence frame %s@%.3f not in memory after %.2f s; answering anyway",
+                      trigger.trigger_id, trigger.camera_id, trigger.stamp, self.config.evidence_wait_sec)
+        if job.stop.is_set():  # revised or closed before it started
+            self._emit_final(job, "", "", extras={"stop_reason": "preempted" if job.preempted_by else "closed",
+                                                  "preempted_by": job.preempted_by})
+            return
+        cameras = [trigger.camera_id] if self.config.prompt_cameras == "trigger" else None
+        items = self.memory.snapshot(cameras)
+        sequence = 0
+        first_chunk: List[float] = []
+
+        def on_text(text: str) -> None:
+            nonlocal sequence
+            if not first_chunk:
+                first_chunk.append(time.perf_counter())
+            self._emit(self._event(job, text, final=False, sequence=sequence))
+            sequence += 1
+
+        try:
+            result = self.vlm.generate(PromptParts(items, trigger.query_text), on_text=on_text, stop=job.stop)
+        except Exception as error:  # noqa: BLE001 -- any model failure becomes an error response
+            LOG.warning("generation for trigger %s failed: %s: %s", trigger.trigger_id,
+                        type(error).__name__, error)
+            with self._stats_lock:
+                self.counts["errors"] += 1
+            self._emit_final(job, "", f"{type(error).__name__}: {error}", sequence=sequence,
+                             extras={"stop_reason": "error", "queue_wait_sec": started - job.submitted})
+            return
+        stop_reason = "preempted" if job.preempted_by else result.stop_reason
+        ttft = (first_chunk[0] - job.submitted) if first_chunk else \
+            (started - job.submitted + result.ttft_sec)
+        extras = {"stop_reason": stop_reason, "queue_wait_sec": started - job.submitted,
+                  "model_ttft_sec": result.ttft_sec, "prompt_tokens": result.prompt_tokens,
+                  "prefill_tokens": result.prefill_tokens, "reused_tokens": result.reused_tokens,
+                  "tokens_per_sec": result.tokens_per_sec, "duration_sec": result.duration_sec,
+                  "frames_in_prompt": sum(isinstance(it, FrameTokens) for it in items)}
+        if job.preempted_by:
+            extras["preempted_by"] = job.preempted_by
+        with self._stats_lock:
+            self.counts["answered"] += 1
+            self._last.update(ttft_sec=ttft, tokens_per_sec=result.tokens_per_sec,
+                              prompt_tokens=result.prompt_tokens, reused_tokens=result.reused_tokens)
+        if self.config.remember_dialogue and not job.preempted_by and not self._closing:
+            self._remember(trigger, result.text)
+        self._emit_final(job, result.text, "", sequence=sequence, ttft=ttft,
+                         token_count=result.token_count, extras=extras)
+
+    def _remember(self, trigger: TriggerEvent, answer: str) -> None:
+        for role, text in (("user", trigger.query_text), ("assistant", answer)):
+            self.memory.add_turn(role, text, trigger.stamp, camera_id=trigger.camera_id,
+                                 query_id=trigger.query_id, n_tokens=self.vlm.count_tokens(text))
+
+    # ---- events --------------------------------------------------------------------------
+    def _event(self, job: _Job, text: str, final: bool, sequence: int, **kwargs) -> ResponseEvent:
+        t = job.trigger
+        return ResponseEvent(response_id=job.response_id, trigger_id=t.trigger_id, query_id=t.query_id,
+                             camera_id=t.camera_id, stamp=t.stamp, text=text, final=final,
+                             sequence=sequence, revises_response_id=job.revises, frame_id=t.frame_id,
+                             **kwargs)
+
+    def _emit_final(self, job: _Job, text: str, error: str, sequence: int = 0, ttft: float = math.nan,
+                    token_count: int = 0, extras: Optional[dict] = None) -> None:
+        self._emit(self._event(job, text, final=True, sequence=sequence, ttft_sec=ttft,
+                               token_count=token_count, error=error, extras=dict(extras or {})))
+
+    def _emit(self, event: ResponseEvent) -> None:
+        try:
+            self.on_response(event)
+        except Exception:  # noqa: BLE001 -- a consumer bug must not stop the worker
+            LOG.exception("on_response raised for %s (final=%s)", event.response_id, event.final)
+
+
+__all__ = ["ReactionConfig", "ReactionEngine", "PROMPT_CAMERAS"]

@@ -1,0 +1,300 @@
+"""Reaction engine on the tiny Qwen2-VL: streaming, pre-emption, errors, non-blocking ingest."""
+import threading
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+import torch
+
+from dispider_ros.core.memory import DialogueTurn, FrameTokens, MemoryConfig
+from dispider_ros.core.reaction import ReactionConfig, ReactionEngine
+from dispider_ros.core.types import Frame, TriggerEvent
+from dispider_ros.models import tiny
+from dispider_ros.models.vlm import ReactionVLMConfig, load_reaction_vlm
+
+WAIT = 30.0  # generous upper bound for every wait; tests finish far sooner
+
+
+def image(i, size=(120, 160)):
+    rng = np.random.default_rng(i)
+    out = np.empty(size + (3,), np.uint8)
+    out[:] = rng.integers(0, 256, 3)
+    out[(5 * i) % 90:(5 * i) % 90 + 30, 20:60] = rng.integers(0, 256, 3)
+    return out
+
+
+def frame(i, camera="cam"):
+    return Frame(camera_id=camera, stamp=float(i), index=i, image=image(i))
+
+
+def trigger(n, query="q1", camera="cam", stamp=0.0, text="What is on the table now?"):
+    return TriggerEvent(trigger_id=f"t{n}", query_id=query, query_text=text, camera_id=camera,
+                        policy="now", score=1.0, stamp=stamp, frame_index=int(stamp), clip_index=0,
+                        clip_start=0.0, clip_end=stamp)
+
+
+class Collector:
+    """on_response sink that lets tests wait for finals with a timeout."""
+
+    def __init__(self):
+        self.events = []
+        self.cond = threading.Condition()
+
+    def __call__(self, event):
+        with self.cond:
+            self.events.append(event)
+            self.cond.notify_all()
+
+    def finals(self):
+        with self.cond:
+            return [e for e in self.events if e.final]
+
+    def wait_final(self, response_id, timeout=WAIT):
+        with self.cond:
+            ok = self.cond.wait_for(lambda: any(e.final and e.response_id == response_id for e in self.events),
+                                    timeout)
+            assert ok, f"no final response {response_id} within {timeout} s"
+            return next(e for e in self.events if e.final and e.response_id == response_id)
+
+    def chunks(self, response_id):
+        with self.cond:
+            return [e for e in self.events if not e.final and e.response_id == response_id]
+
+
+@pytest.fixture(scope="module")
+def vlm():
+    torch.set_num_threads(1)
+    model = load_reaction_vlm(ReactionVLMConfig(model=tiny.resolve_model_path("tiny:qwen2_vl"),
+                                                max_new_tokens=24, min_new_tokens=24))
+    yield model
+    model.close()
+
+
+@pytest.fixture
+def engine_factory(vlm):
+    engines = []
+
+    def make(**kwargs):
+        sink = Collector()
+        kwargs.setdefault("evidence_wait_sec", 0.0)
+        kwargs.setdefault("memory", MemoryConfig(max_tokens=2000))
+        engine = ReactionEngine(ReactionConfig(vlm=vlm.config, **kwargs), sink, vlm=vlm)
+        engines.append(engine)
+        return engine, sink
+
+    yield make
+    for engine in engines:
+        engine.close()
+
+
+@contextmanager
+def decoder_gate(vlm, on_decode_step=2):
+    """Block the worker inside a real decode step until released (a forward pre-hook)."""
+    reached, release = threading.Event(), threading.Event()
+    state = {"decode_steps": 0, "armed": True}
+
+    def hook(module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        if state["armed"] and hidden.shape[1] == 1:  # one new token: decoding, not prefill
+            state["decode_steps"] += 1
+            if state["decode_steps"] == on_decode_step:
+                state["armed"] = False
+                reached.set()
+                assert release.wait(WAIT), "test never released the decoder gate"
+
+    handle = vlm.model.model.language_model.layers[0].register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield reached, release
+    finally:
+        release.set()
+        handle.remove()
+
+
+def test_config_validation_names_the_bad_value():
+    for kwargs, name in [({"max_queue": 0}, "max_queue"), ({"prompt_cameras": "some"}, "prompt_cameras"),
+                         ({"evidence_wait_sec": -1.0}, "evidence_wait_sec"),
+                         ({"worker_threads": 0}, "worker_threads"), ({"poll_sec": 0.0}, "poll_sec")]:
+        with pytest.raises(ValueError, match=name):
+            ReactionConfig(**kwargs)
+    with pytest.raises(TypeError, match="memory"):
+        ReactionConfig(memory={"max_tokens": 5})
+
+
+def test_streamed_chunks_concatenate_to_the_final_answer(engine_factory):
+    engine, sink = engine_factory()
+    for i in range(4):
+        engine.ingest(frame(i))
+    rid = engine.submit(trigger(1, stamp=3.0))
+    final = sink.wait_final(rid)
+    chunks = sink.chunks(rid)
+    assert final.error == "" and final.text and len(chunks) >= 1
+    assert [c.sequence for c in chunks] == list(range(len(chunks))) and final.sequence == len(chunks)
+    assert "".join(c.text for c in chunks) == final.text
+    assert final.token_count == 24 and final.ttft_sec > 0 and final.revises_response_id == ""
+    assert (final.trigger_id, final.query_id, final.camera_id, final.stamp) == ("t1", "q1", "cam", 3.0)
+    assert final.extras["frames_in_prompt"] == 4 and final.extras["stop_reason"] == "max_new_tokens"
+    assert engine.wait_idle(WAIT)
+    turns = [it for it in engine.memory.snapshot() if isinstance(it, DialogueTurn)]
+    assert [(t.role, t.text) for t in turns] == [("user", "What is on the table now?"), ("assistant", final.text)]
+    stats = engine.stats()
+    assert stats["answered"] == 1 and stats["frames_ingested"] == 4 and stats["queue_depth"] == 0
+    assert stats["last_ttft_sec"] == final.ttft_sec and stats["last_tokens_per_sec"] > 0
+
+
+def test_newer_trigger_for_same_query_preempts_and_names_the_revised_answer(engine_factory, vlm):
+    engine, sink = engine_factory()
+    engine.ingest(frame(0))
+    with decoder_gate(vlm) as (reached, release):
+        first = engine.submit(trigger(1, query="A"))
+        assert reached.wait(WAIT)
+        other = engine.submit(trigger(2, query="B"))  # a different query waits its turn (FIFO)
+        second = engine.submit(trigger(3, query="A"))  # revises the answer being generated
+        release.set()
+        finals = [sink.wait_final(r) for r in (first, second, other)]
+    stale, fresh, b = finals
+    assert stale.extras["stop_reason"] == "preempted" and stale.extras["preempted_by"] == "t3"
+    assert stale.token_count < 24 and stale.error == ""
+    assert fresh.revises_response_id == stale.response_id and fresh.error == "" and fresh.token_count == 24
+    assert b.revises_response_id == "" and b.error == ""
+    order = [e.response_id for e in sink.finals()]
+    assert order == [first, second, other]  # the revision jumps the queue
+    assert engine.stats()["preempted"] == 1
+    assert engine.wait_idle(WAIT)
+    answers = [it.text for it in engine.memory.snapshot() if isinstance(it, DialogueTurn) and it.role == "assistant"]
+    assert answers == [fresh.text, b.text]  # the stale partial answer is not remembered
+
+
+def test_queue_overflow_drops_oldest_and_waiting_revisions_are_superseded(engine_factory, vlm, caplog):
+    engine, sink = engine_factory(max_queue=2)
+    engine.ingest(frame(0))
+    with decoder_gate(vlm) as (reached, release):
+        running = engine.submit(trigger(1, query="A"))
+        assert reached.wait(WAIT)
+        b = engine.submit(trigger(2, query="B"))
+        c = engine.submit(trigger(3, query="C"))
+        d = engine.submit(trigger(4, query="D"))  # queue full: B is dropped
+        c2 = engine.submit(trigger(5, query="C"))  # replaces the waiting C
+        dropped, superseded = sink.wait_final(b), sink.wait_final(c)
+        assert "dropped" in dropped.error and "superseded by trigger t5" in superseded.error
+        release.set()
+        for rid in (running, d, c2):
+            assert sink.wait_final(rid).error == ""
+    assert "reaction queue full" in caplog.text
+    stats = engine.stats()
+    assert stats["dropped"] == 1 and stats["superseded"] == 1 and stats["answered"] == 3
+    assert len(sink.finals()) == 5  # every trigger got exactly one final
+
+
+def test_generation_error_gives_error_response_and_next_trigger_is_answered(engine_factory, vlm):
+    engine, sink = engine_factory(prompt_cameras="trigger")
+    engine.ingest(frame(0))
+    state = {"fail": True}
+
+    def fail_once(module, args, kwargs):
+        if state["fail"]:
+            state["fail"] = False
+            raise RuntimeError("injected decoder failure")
+
+    handle = vlm.model.model.language_model.layers[1].register_forward_pre_hook(fail_once, with_kwargs=True)
+    try:
+        failed = sink.wait_final(engine.submit(trigger(1)))
+    finally:
+        handle.remove()
+    assert "RuntimeError: injected decoder failure" in failed.error and failed.text == ""
+    assert failed.extras["stop_reason"] == "error"
+    ok = sink.wait_final(engine.submit(trigger(2)))
+    assert ok.error == "" and ok.token_count == 24
+    # Tokens of the wrong width (a broken encoder) fail that camera's reaction only.
+    engine.memory.add_frame(FrameTokens(tokens=torch.zeros(4, 7), grid=(2, 2), camera_id="broken", stamp=1.0))
+    bad = sink.wait_final(engine.submit(trigger(3, camera="broken", stamp=1.0)))
+    assert "ValueError" in bad.error and "width 7" in bad.error
+    good = sink.wait_final(engine.submit(trigger(4, camera="cam", stamp=1.0)))
+    assert good.error == "" and good.token_count == 24
+    assert engine.stats()["errors"] == 2
+
+
+def test_ingestion_continues_while_the_worker_decodes(engine_factory, vlm):
+    engine, sink = engine_factory()
+    engine.ingest(frame(0))
+    with decoder_gate(vlm) as (reached, release):
+        rid = engine.submit(trigger(1))
+        assert reached.wait(WAIT)  # the worker is inside a decode step now
+        done = threading.Event()
+
+        def perceive():
+            for i in range(1, 6):
+                engine.ingest(frame(i))
+            done.set()
+
+        thread = threading.Thread(target=perceive)
+        thread.start()
+        assert done.wait(WAIT), "ingest blocked on the generating worker"
+        assert not sink.finals(), "the answer finished before the frames were ingested"
+        assert engine.stats()["frames_ingested"] == 6
+        release.set()
+        thread.join(WAIT)
+        assert sink.wait_final(rid).error == ""
+
+
+def test_frames_flow_during_an_unblocked_long_generation(vlm):
+    long_vlm = load_reaction_vlm(ReactionVLMConfig(model=vlm.config.model, max_new_tokens=300,
+                                                   min_new_tokens=300))
+    sink = Collector()
+    engine = ReactionEngine(ReactionConfig(vlm=long_vlm.config, evidence_wait_sec=0.0), sink, vlm=long_vlm)
+    try:
+        engine.ingest(frame(0))
+        first_chunk = threading.Event()
+        rid = engine.submit(trigger(1))
+        with sink.cond:
+            assert sink.cond.wait_for(lambda: any(e.response_id == rid for e in sink.events), WAIT)
+        first_chunk.set()
+        during = 0
+        i = 1
+        while not any(e.final for e in sink.finals()):
+            engine.ingest(frame(i))
+            i += 1
+            if not sink.finals():
+                during += 1
+        final = sink.wait_final(rid)
+        assert final.token_count == 300
+        assert during >= 2, f"only {during} frames ingested while 300 tokens decoded"
+    finally:
+        engine.close()
+        long_vlm.close()
+
+
+def test_evidence_wait_lets_a_late_frame_into_the_prompt(engine_factory):
+    engine, sink = engine_factory(evidence_wait_sec=WAIT)
+    engine.ingest(frame(0))
+    rid = engine.submit(trigger(1, stamp=1.0))  # decision saw frame 1 before reaction did
+    engine.ingest(frame(1))
+    final = sink.wait_final(rid)
+    assert final.extras["frames_in_prompt"] == 2
+
+
+def test_bad_input_and_close(engine_factory):
+    engine, sink = engine_factory()
+    with pytest.raises(ValueError, match="uint8"):
+        engine.ingest(Frame(camera_id="cam", stamp=0.0, index=0, image=np.zeros((8, 8, 3), np.float32)))
+    with pytest.raises(TypeError):
+        engine.submit("what is this")
+    engine.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        engine.submit(trigger(1))
+
+
+def test_close_stops_the_running_answer_and_answers_waiting_triggers(engine_factory, vlm):
+    engine, sink = engine_factory()
+    engine.ingest(frame(0))
+    with decoder_gate(vlm) as (reached, release):
+        running = engine.submit(trigger(1, query="A"))
+        assert reached.wait(WAIT)
+        waiting = engine.submit(trigger(2, query="B"))
+        closer = threading.Thread(target=engine.close)
+        closer.start()
+        assert "closed" in sink.wait_final(waiting).error
+        release.set()
+        closer.join(WAIT)
+    stopped = sink.wait_final(running)
+    assert stopped.extras["stop_reason"] == "stopped" and stopped.token_count < 24
+    assert len(sink.finals()) == 2
