@@ -67,6 +67,9 @@ class ReactionConfig:
             trigger's camera (dialogue is always included).
         evidence_wait_sec: wait up to this long for the trigger's evidence frame to reach
             memory (decision and reaction see frames on separate paths), >= 0.
+        evidence_tolerance_sec: a memory frame this much older than the evidence counts as
+            the evidence (the two sides sample the same stream on their own grids; the
+            node sets it to its sampling period), >= 0.
         worker_threads: torch intra-op threads of the worker, >= 1 (1 on small CPUs, so
             generation leaves a core to perception).
         poll_sec: the worker's queue read timeout, so close() is noticed, > 0.
@@ -79,6 +82,7 @@ class ReactionConfig:
     remember_dialogue: bool = True
     prompt_cameras: str = "all"
     evidence_wait_sec: float = 0.5
+    evidence_tolerance_sec: float = 0.0
     worker_threads: int = 1
     poll_sec: float = 0.1
 
@@ -95,6 +99,8 @@ class ReactionConfig:
             raise ValueError(f"prompt_cameras {self.prompt_cameras!r} is not one of {PROMPT_CAMERAS}")
         if not (self.evidence_wait_sec >= 0.0):
             raise ValueError(f"evidence_wait_sec {self.evidence_wait_sec!r} must be >= 0")
+        if not (self.evidence_tolerance_sec >= 0.0):
+            raise ValueError(f"evidence_tolerance_sec {self.evidence_tolerance_sec!r} must be >= 0")
         if not (self.poll_sec > 0.0):
             raise ValueError(f"poll_sec {self.poll_sec!r} must be > 0")
 
@@ -273,7 +279,8 @@ class ReactionEngine:
         trigger = job.trigger
         started = time.perf_counter()
         if self.config.evidence_wait_sec > 0 and not self.memory.wait_for_frame(
-                trigger.camera_id, trigger.stamp, self.config.evidence_wait_sec):
+                trigger.camera_id, trigger.stamp - self.config.evidence_tolerance_sec,
+                self.config.evidence_wait_sec):
             LOG.debug("trigger %s: evidence frame %s@%.3f not in memory after %.2f s; answering anyway",
                       trigger.trigger_id, trigger.camera_id, trigger.stamp, self.config.evidence_wait_sec)
         if job.stop.is_set():  # revised or closed before it started

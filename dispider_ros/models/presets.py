@@ -1,11 +1,12 @@
 """Named model presets (config/presets/<name>.yaml): which checkpoints, device and dtype."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Dict, List
 
 import yaml
+
+from dispider_ros.paths import share_dir
 
 _REPO_CONFIG = Path(__file__).resolve().parents[2] / "config"
 KEYS = {"description", "vision_model", "vlm_model", "device", "dtype"}
@@ -14,16 +15,9 @@ KEYS = {"description", "vision_model", "vlm_model", "device", "dtype"}
 def config_dirs() -> List[Path]:
     """Installed share/dispider_ros/config first, then the source tree's config/."""
     dirs = []
-    try:
-        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
-
-        try:
-            dirs.append(Path(get_package_share_directory("dispider_ros")) / "config")
-        except (PackageNotFoundError, OSError):  # OSError: AMENT_PREFIX_PATH unset
-            pass
-    except ImportError:
-        pass
-    dirs.append(Path(sys.prefix) / "share" / "dispider_ros" / "config")
+    share = share_dir()
+    if share is not None:
+        dirs.append(share / "config")
     dirs.append(_REPO_CONFIG)
     return [d for d in dirs if d.is_dir()]
 

@@ -8,7 +8,6 @@ question, and prints triggers and streamed responses as they arrive.
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 import signal
 import subprocess
@@ -21,6 +20,7 @@ from typing import Dict, Iterator, List, Tuple
 import numpy as np
 
 from dispider_ros.footage import photo_frames, video_frames
+from dispider_ros.paths import executable
 
 REPO_SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 NODES = ("perception_node", "decision_node", "reaction_node")
@@ -44,12 +44,6 @@ def footage(shared: Path, size=(320, 240)) -> Tuple[str, Iterator[Tuple[float, n
                 yield offset + t, rgb
             offset += last + 1 / 30
     return " + ".join(v.name for v in videos) + " (CC0, ../shared/data/videos)", chained()
-
-
-def executable(name: str) -> Path:
-    from ament_index_python.packages import get_package_prefix
-
-    return Path(get_package_prefix("dispider_ros")) / "lib" / "dispider_ros" / name
 
 
 def start_nodes(preset: str, params_file: Path, log_dir: Path) -> List[subprocess.Popen]:
@@ -114,8 +108,8 @@ class Console:
         with self.lock:
             self.chunks[msg.response_id] = self.chunks.get(msg.response_id, "") + msg.text
         if msg.sequence == 0:
-            print(f"  [{self.stamp(msg.header)}] stream {msg.response_id}: first token after "
-                  f"{msg.ttft_sec * 1000:.0f} ms", flush=True)
+            print(f"  [{self.stamp(msg.header)}] stream {msg.response_id}: {msg.text!r} ...",
+                  flush=True)
 
     def _on_final(self, msg):
         with self.lock:
@@ -152,8 +146,7 @@ def main(argv=None) -> int:
     parser.add_argument("--preset", default="tiny", help="model preset (config/presets)")
     parser.add_argument("--params-file", type=Path, default=None, help="node parameter YAML")
     parser.add_argument("--shared-data", type=Path, default=REPO_SHARED)
-    parser.add_argument("--fps", type=float, default=15.0, help="camera publish rate")
-    parser.add_argument("--seconds", type=float, default=14.0, help="stream length")
+    parser.add_argument("--seconds", type=float, default=30.0, help="stream length at most")
     parser.add_argument("--logs", type=Path, default=Path("build/demo-logs"))
     args = parser.parse_args(argv)
 
@@ -191,25 +184,25 @@ def main(argv=None) -> int:
     try:
         print(f"starting {', '.join(NODES)} (logs in {args.logs}/) ...")
         wait_active(node, timeout=180)
-        print(f"graph active after {time.monotonic() - wall0:.1f} s; streaming at {args.fps:g} fps")
+        print(f"graph active after {time.monotonic() - wall0:.1f} s; streaming in real time")
         asked = [
             (1.0, Query(query_id="q-now", text="What is in front of the camera right now?")),
             (2.0, Query(query_id="q-scene", text="Tell me every time the scene changes.",
                         mode=Query.MODE_BOUNDARY, max_responses=3)),
         ]
         start = time.monotonic()
-        limit = int(args.seconds * args.fps)
-        for index, (_, rgb) in enumerate(itertools.islice(frames, limit)):
-            stamp = index / args.fps  # camera time of this frame
+        for stamp, rgb in frames:  # stamp: camera time of the frame (the footage's own)
+            if stamp > args.seconds:
+                break
+            delay = start + stamp - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
             camera.publish(rgb_to_image(rgb, stamp, "demo_camera"))
             while asked and asked[0][0] <= stamp:
                 _, query = asked.pop(0)
                 query.header.stamp.sec, query.header.stamp.nanosec = int(stamp), int(stamp % 1 * 1e9)
                 print(f"  [{stamp:7.2f}s] QUERY {query.query_id} ({query.mode or 'auto'}): {query.text!r}")
                 queries.publish(query)
-            delay = start + (index + 1) / args.fps - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
         deadline = time.monotonic() + 30
         while len(console.finals) < len(console.triggers) and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -66,7 +66,8 @@ class ReactionNode(DispiderNode):
                                 protected_frames=settings["protected_frames"]),
             vlm=vlm, max_queue=settings["max_queue"],
             preempt_same_query=settings["preempt_same_query"],
-            prompt_cameras=settings["prompt_cameras"])
+            prompt_cameras=settings["prompt_cameras"],
+            evidence_tolerance_sec=1.0 / settings["sample_fps"])
         self.sampler = FrameSampler(SamplerConfig(sample_fps=settings["sample_fps"]),
                                     on_reset=self._on_clock_jump)
         self.final_pub = self.create_lifecycle_publisher(Response, "response", RELIABLE)
@@ -113,6 +114,7 @@ class ReactionNode(DispiderNode):
     def apply_live(self, updates: Dict[str, Any]) -> None:
         if "sample_fps" in updates:
             self.sampler.set_sample_fps(updates["sample_fps"])
+            self.engine.config.evidence_tolerance_sec = 1.0 / updates["sample_fps"]
         if "max_tokens" in updates:
             self.engine.memory.set_max_tokens(updates["max_tokens"])
         generation = {key: updates[key] for key in GENERATION if key in updates}
