@@ -26,6 +26,9 @@ SENSOR = QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=1,
                     reliability=qos_profile_sensor_data.reliability,
                     durability=qos_profile_sensor_data.durability)
 SENSOR_OVERRIDES = QoSOverridingOptions.with_default_policies()
+# Nodes sharing a process (dispider_graph) configure one at a time: transformers' lazy
+# imports are not thread-safe, and parallel loads would only compete for memory bandwidth.
+_CONFIGURE_LOCK = threading.Lock()
 
 
 class DispiderNode(LifecycleNode):
@@ -100,7 +103,7 @@ class DispiderNode(LifecycleNode):
     # -- lifecycle -----------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
-            with self.lock:
+            with _CONFIGURE_LOCK, self.lock:
                 self.settings = values(self, self.PARAMS)
                 self.resolved = self.resolve_models(self.settings)
                 self.configure_core(self.settings)

@@ -28,10 +28,12 @@ def test_launch_and_config_files_are_installed():
     from ament_index_python.packages import get_package_share_directory
 
     share = Path(get_package_share_directory("dispider_ros"))
+
+    def files(root):  # pip byte-compiles installed .py files: ignore its __pycache__
+        return sorted(p.relative_to(root) for p in root.rglob("*")
+                      if p.is_file() and "__pycache__" not in p.parts)
     for folder in ("launch", "config"):
-        source = sorted(p.relative_to(REPO / folder) for p in (REPO / folder).rglob("*") if p.is_file())
-        installed = sorted(p.relative_to(share / folder) for p in (share / folder).rglob("*") if p.is_file())
-        assert source and source == installed, folder
+        assert files(REPO / folder) and files(REPO / folder) == files(share / folder), folder
 
 
 def test_executables_are_under_lib_and_runnable():

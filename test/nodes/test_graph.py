@@ -1,0 +1,196 @@
+"""The three node processes over real DDS: answers, proactive triggers, parameters, images."""
+import math
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import SHARED_DATA
+from graph_tools import NODES, Client, Graph, unique_namespace
+from ros_tools import require_ros, wait_for
+
+VIDEOS = SHARED_DATA / "videos"
+
+
+def stamp_of(value) -> float:
+    """Seconds of a Header or a builtin_interfaces/Time."""
+    stamp = getattr(value, "stamp", value)
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
+class Camera:
+    """Publishes real footage with monotonic camera stamps across tests."""
+
+    def __init__(self, client):
+        from sensor_msgs.msg import CompressedImage, Image
+
+        self.raw = client.publisher(Image, "image", wait_subscribers=2)  # perception + reaction
+        self.compressed = client.publisher(CompressedImage, "image/compressed")
+        self.clock = 0.0
+
+    def play(self, video, seconds=None, compressed=False, every=1):
+        from sensor_msgs.msg import CompressedImage
+
+        from dispider_ros.footage import video_frames
+        from dispider_ros.nodes.camera_player import rgb_to_image
+        from dispider_ros.nodes.convert import header
+
+        start = self.clock
+        for index, (t, rgb) in enumerate(video_frames(video, max_seconds=seconds, size=(160, 120))):
+            if index % every:
+                continue
+            self.clock = start + t
+            if compressed:
+                ok, jpeg = cv2.imencode(".jpg", np.ascontiguousarray(rgb[..., ::-1]))
+                self.compressed.publish(CompressedImage(header=header(self.clock, "cam"),
+                                                        format="jpeg", data=jpeg.tobytes()))
+            else:
+                self.raw.publish(rgb_to_image(rgb, self.clock, "cam"))
+            _pace()
+        self.clock += 0.5  # a gap between clips
+        return start
+
+
+def _pace():
+    import time
+
+    time.sleep(1 / 60)  # faster than real time, slow enough for the latest-frame worker
+
+
+@pytest.fixture(scope="module")
+def graph(tmp_path_factory):
+    require_ros()
+    if not VIDEOS.is_dir():
+        pytest.skip(f"{VIDEOS} is absent on this machine")
+    from diagnostic_msgs.msg import DiagnosticArray
+    from std_msgs.msg import String
+
+    from dispider_ros.msg import FrameFeature, Response, Trigger
+
+    namespace = unique_namespace("graph")
+    graph = Graph(tmp_path_factory.mktemp("graph-logs"), namespace)
+    common = {"autostart": True, "preset": "tiny", "diagnostics_period_sec": 0.5}
+    graph.start("perception_node", {**common, "compressed_topics": ["image/compressed"],
+                                    "clip_similarity_threshold": 0.85})
+    graph.start("decision_node", {**common, "cooldown_sec": 1.0})
+    graph.start("reaction_node", {**common, "max_new_tokens": 12})
+    client = Client(namespace)
+    try:
+        for name in NODES:
+            client.wait_state(name, "active")
+        client.listen(FrameFeature, "features")
+        client.listen(Trigger, "trigger")
+        client.listen(Response, "response")
+        client.listen(Response, "response_stream")
+        client.listen(String, "response_text")
+        client.listen(DiagnosticArray, "/diagnostics")
+        camera = Camera(client)
+        from dispider_ros.msg import Query
+
+        queries = client.publisher(Query, "query", wait_subscribers=1)
+        yield graph, client, camera, queries
+    finally:
+        client.close()
+        codes = graph.stop()
+        assert codes == {name: 0 for name in NODES}, (codes, {n: graph.log(n)[-2000:] for n in NODES})
+
+
+def test_present_question_is_answered_with_consistent_ids(graph):
+    _, client, camera, queries = graph
+    from dispider_ros.msg import Query
+
+    camera.play(VIDEOS / "mdn_cc0_flower.mp4", seconds=1.5)
+    query = Query(query_id="now-1", text="What is on the screen right now?")
+    query.header.stamp.sec = int(camera.clock)
+    queries.publish(query)
+    camera.play(VIDEOS / "mdn_cc0_flower.mp4", seconds=1.0)
+    finals = lambda: [m for m in client.messages("response") if m.query_id == "now-1"]  # noqa: E731
+    wait_for(lambda: finals(), 60, "the final response to now-1")
+    final = finals()[0]
+    triggers = [t for t in client.messages("trigger") if t.query_id == "now-1"]
+    assert len(triggers) == 1 and triggers[0].policy == "now"
+    trigger = triggers[0]
+    assert final.trigger_id == trigger.trigger_id and final.final and not final.error
+    assert stamp_of(final.header) == stamp_of(trigger.header)  # the evidence stamp is copied
+    assert final.camera_id == trigger.camera_id and final.camera_id.endswith("/image")
+    assert final.token_count > 0 and final.ttft_sec > 0
+    chunks = sorted((m for m in client.messages("response_stream")
+                     if m.response_id == final.response_id), key=lambda m: m.sequence)
+    assert [m.sequence for m in chunks] == list(range(len(chunks))) and final.sequence == len(chunks)
+    assert "".join(m.text for m in chunks) == final.text
+    wait_for(lambda: any(m.data.startswith("[now-1] ") for m in client.messages("response_text")),
+             10, "the String mirror of the answer")
+
+
+def test_proactive_query_fires_at_the_scene_change_not_at_once(graph):
+    _, client, camera, queries = graph
+    from dispider_ros.msg import Query
+
+    camera.play(VIDEOS / "mdn_stream-of-water.mp4", seconds=1.0)
+    asked = camera.clock
+    query = Query(query_id="scene-1", text="Narrate each new scene as it happens.",
+                  mode=Query.MODE_BOUNDARY, max_responses=1)
+    query.header.stamp.sec, query.header.stamp.nanosec = int(asked), int(asked % 1 * 1e9)
+    queries.publish(query)
+    camera.play(VIDEOS / "mdn_stream-of-water.mp4", seconds=2.0)
+    assert not [t for t in client.messages("trigger") if t.query_id == "scene-1"], \
+        "a boundary query fired without a scene change"
+    cut = camera.play(VIDEOS / "mdn_cc0_friday.mp4", seconds=2.0)
+    wait_for(lambda: [t for t in client.messages("trigger") if t.query_id == "scene-1"], 30,
+             "the boundary trigger after the cut")
+    trigger = [t for t in client.messages("trigger") if t.query_id == "scene-1"][0]
+    period = 0.5  # sample_fps 2.0 in config/dispider.yaml
+    assert cut <= stamp_of(trigger.header) <= cut + 2 * period
+    assert math.isclose(stamp_of(trigger.clip_start), stamp_of(trigger.header), abs_tol=1e-6)
+    wait_for(lambda: [r for r in client.messages("response") if r.query_id == "scene-1"], 60,
+             "the answer to the boundary trigger")
+
+
+def test_parameters_out_of_range_rejected_in_range_applied(graph):
+    _, client, camera, _ = graph
+    (result,) = client.set_params("perception_node", {"sample_fps": 1000.0})
+    assert not result.successful and "sample_fps" in result.reason
+    (result,) = client.set_params("decision_node", {"trigger_threshold": 1.5})
+    assert not result.successful
+    (result,) = client.set_params("perception_node", {"vision_model": "other/model"})
+    assert not result.successful and "unconfigured" in result.reason
+    (result,) = client.set_params("perception_node", {"sample_fps": 5.0})
+    assert result.successful, result.reason
+    assert client.get_params("perception_node", ["sample_fps"]) == [5.0]
+    before = len(client.messages("features"))
+    start = camera.play(VIDEOS / "mdn_cc0_flower.mp4", seconds=2.0)
+    wait_for(lambda: len([f for f in client.messages("features")[before:]
+                          if stamp_of(f.header) >= start]) >= 8, 30, "features at 5 fps")
+    stamps = sorted(stamp_of(f.header) for f in client.messages("features")[before:]
+                    if stamp_of(f.header) >= start and f.camera_id.endswith("/image"))
+    assert np.median(np.diff(stamps)) == pytest.approx(0.2, abs=0.04)
+    client.set_params("perception_node", {"sample_fps": 2.0})
+
+
+def test_compressed_images_are_perceived(graph):
+    _, client, camera, _ = graph
+    start = camera.play(VIDEOS / "mdn_cc0_flower.mp4", seconds=1.5, compressed=True)
+    wait_for(lambda: [f for f in client.messages("features")
+                      if f.camera_id.endswith("/image/compressed") and stamp_of(f.header) >= start],
+             30, "features from the CompressedImage topic")
+    feature = [f for f in client.messages("features") if f.camera_id.endswith("/image/compressed")][0]
+    assert len(feature.embedding) > 0
+    assert math.isclose(float(np.linalg.norm(feature.embedding)), 1.0, rel_tol=1e-3)
+
+
+def test_diagnostics_report_every_node(graph):
+    _, client, _, _ = graph
+    namespace = client.namespace.strip("/")
+
+    def statuses():
+        return {s.name: {kv.key: kv.value for kv in s.values}
+                for array in client.messages("/diagnostics") for s in array.status
+                if namespace in s.name}
+    wait_for(lambda: len(statuses()) >= 3, 20, "diagnostics from the three nodes")
+    by_node = {name: values for status, values in statuses().items() for name in NODES
+               if status.endswith(name)}
+    assert by_node["perception_node"]["lifecycle_state"] == "active"
+    assert "processed_fps" in by_node["perception_node"]
+    assert "frames_dropped_latest_policy" in by_node["perception_node"]
+    assert "queries_active" in by_node["decision_node"]
+    assert "model" in by_node["reaction_node"]
