@@ -16,7 +16,7 @@ setup: $(VENV)/.installed
 
 $(VENV)/.deps: requirements/ros.txt requirements/python.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q "$(TORCH)"
+	$(PIP) install -q $(TORCH)
 	$(PIP) install -q -r requirements/ros.txt -r requirements/python.txt
 	touch $@
 
