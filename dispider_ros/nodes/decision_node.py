@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional
 from std_msgs.msg import String
 
 from dispider_ros.core.decision import DecisionConfig, DecisionCore
-from dispider_ros.core.types import QuerySpec, TriggerEvent
+from dispider_ros.core.types import TriggerEvent
 from dispider_ros.models.activation import ActivationHead
 from dispider_ros.models.vision import VisionEncoder, VisionEncoderConfig
 from dispider_ros.msg import FrameFeature, Query, Response, Trigger
