@@ -57,6 +57,17 @@ def start_nodes(preset: str, params_file: Path, log_dir: Path) -> List[subproces
     return processes
 
 
+def rss_mib(pid: int) -> float:
+    """Resident set size of a running process (Linux /proc), MiB; NaN if unavailable."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
 def stop_nodes(processes: List[subprocess.Popen]) -> None:
     for process in processes:
         if process.poll() is None:
@@ -82,6 +93,9 @@ class Console:
         self.triggers: List = []
         self.finals: List = []
         self.chunks: Dict[str, str] = {}
+        self.published: Dict[float, float] = {}  # camera stamp -> wall time it was published
+        self.trigger_lag: List[float] = []  # evidence frame published -> trigger received (s)
+        self.first_token_lag: List[float] = []  # evidence frame published -> first chunk (s)
         self.lock = threading.Lock()
         node.create_subscription(FrameFeature, f"{NAMESPACE}/features", self._on_feature, RELIABLE)
         node.create_subscription(Trigger, f"{NAMESPACE}/trigger", self._on_trigger, RELIABLE)
@@ -98,15 +112,24 @@ class Console:
                 print(f"  [{self.stamp(msg.header)}] perception: new clip {msg.clip_index} "
                       f"(similarity {msg.clip_similarity:.2f})", flush=True)
 
+    def _lag(self, header) -> float:
+        stamp = header.stamp.sec + header.stamp.nanosec * 1e-9
+        sent = min(self.published, key=lambda s: abs(s - stamp), default=None)
+        return time.monotonic() - self.published[sent] if sent is not None else float("nan")
+
     def _on_trigger(self, msg):
         with self.lock:
             self.triggers.append(msg)
+            if msg.policy != "now":  # a now-trigger's evidence predates its question
+                self.trigger_lag.append(self._lag(msg.header))
         print(f"  [{self.stamp(msg.header)}] TRIGGER {msg.trigger_id} for {msg.query_id} "
               f"policy={msg.policy} score={msg.score:.2f} clip={msg.clip_index}", flush=True)
 
     def _on_chunk(self, msg):
         with self.lock:
             self.chunks[msg.response_id] = self.chunks.get(msg.response_id, "") + msg.text
+            if msg.sequence == 0 and msg.query_id != "q-now":
+                self.first_token_lag.append(self._lag(msg.header))
         if msg.sequence == 0:
             print(f"  [{self.stamp(msg.header)}] stream {msg.response_id}: {msg.text!r} ...",
                   flush=True)
@@ -198,6 +221,8 @@ def main(argv=None) -> int:
             if delay > 0:
                 time.sleep(delay)
             camera.publish(rgb_to_image(rgb, stamp, "demo_camera"))
+            with console.lock:
+                console.published[stamp] = time.monotonic()
             while asked and asked[0][0] <= stamp:
                 _, query = asked.pop(0)
                 query.header.stamp.sec, query.header.stamp.nanosec = int(stamp), int(stamp % 1 * 1e9)
@@ -210,6 +235,7 @@ def main(argv=None) -> int:
         print(f"demo stopped: {error}", file=sys.stderr)
         status = 1
     finally:
+        rss = {name: rss_mib(process.pid) for name, process in zip(NODES, processes)}
         stop_nodes(processes)
         executor.shutdown()
         node.destroy_node()
@@ -219,7 +245,13 @@ def main(argv=None) -> int:
     print(f"  wall time {time.monotonic() - wall0:.1f} s; features {console.features}; "
           f"triggers {len(console.triggers)}; responses {len(console.finals)}")
     if ttfts:
-        print(f"  time to first token: median {np.median(ttfts) * 1000:.0f} ms")
+        print(f"  time to first token (trigger received -> first token): median "
+              f"{np.median(ttfts) * 1000:.0f} ms")
+    if console.trigger_lag:
+        print(f"  proactive: evidence frame published -> trigger received: median "
+              f"{np.nanmedian(console.trigger_lag) * 1000:.0f} ms; -> first streamed token: "
+              f"median {np.nanmedian(console.first_token_lag or [np.nan]) * 1000:.0f} ms")
+    print("  RSS per node: " + ", ".join(f"{name} {mib:.0f} MiB" for name, mib in rss.items()))
     answered = {m.query_id for m in console.finals}
     if status == 0 and "q-now" not in answered:
         print("  the present-tense question was not answered: see the node logs", file=sys.stderr)
