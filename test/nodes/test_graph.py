@@ -191,3 +191,47 @@ def test_diagnostics_report_every_node(graph):
     assert "frames_dropped_latest_policy" in by_node["perception_node"]
     assert "queries_active" in by_node["decision_node"]
     assert "model" in by_node["reaction_node"]
+
+
+FLOOD = r"""
+import sys, time, numpy as np, rclpy
+from sensor_msgs.msg import Image
+from dispider_ros.nodes.camera_player import rgb_to_image
+rclpy.init()
+node = rclpy.create_node("image_flood")
+publisher = node.create_publisher(Image, sys.argv[1], 10)
+while publisher.get_subscription_count() < 2:
+    rclpy.spin_once(node, timeout_sec=0.05)
+frame, start, sent = np.zeros((240, 320, 3), np.uint8), float(sys.argv[2]), 0
+print("flooding", flush=True)
+while True:  # as fast as one process can publish: far above any camera rate
+    publisher.publish(rgb_to_image(frame, start + sent * 1e-3, "cam"))
+    sent += 1
+"""
+
+
+def test_image_flood_does_not_starve_parameter_services(graph, tmp_path):
+    """A flood of images from another process; parameter services still answer promptly."""
+    import subprocess
+    import sys
+    import time
+
+    from ros_tools import stop_process
+
+    _, client, camera, _ = graph
+    log = tmp_path / "flood.log"
+    flood = subprocess.Popen([sys.executable, "-c", FLOOD, client.topic("image"), str(camera.clock)],
+                             stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: b"flooding" in log.read_bytes(), 30, "the flood to start")
+        received = lambda: [f for f in client.messages("features") if stamp_of(f.header) > camera.clock]  # noqa: E731
+        wait_for(lambda: len(received()) >= 2, 30, "features from the flood")
+        durations = []
+        for _ in range(10):
+            t0 = time.monotonic()
+            assert client.get_params("perception_node", ["sample_fps"]) == [2.0]
+            durations.append(time.monotonic() - t0)
+    finally:
+        stop_process(flood)
+        camera.clock += 1000.0  # the flood's stamps advanced 1 ms per frame
+    assert max(durations) < 2.0, durations
