@@ -6,6 +6,7 @@ loaded through the very same from_pretrained path a real checkpoint uses.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 import logging
 import os
@@ -21,7 +22,6 @@ BUILDERS = {
     "siglip": "dispider_ros.models.tiny_siglip",
     "qwen2_vl": "dispider_ros.models.tiny_qwen2_vl",
 }
-BUILD_VERSION = "1"  # bump when a builder changes so stale caches are rebuilt
 
 
 def cache_root() -> Path:
@@ -40,7 +40,11 @@ def resolve_model_path(spec: str) -> str:
     family = spec[len(PREFIX):]
     if family not in BUILDERS:
         raise ValueError(f"unknown tiny model {spec!r}; known: {sorted(PREFIX + f for f in BUILDERS)}")
-    folder = cache_root() / f"{family}-v{BUILD_VERSION}"
+    module = importlib.import_module(BUILDERS[family])
+    # The folder name carries a hash of the builder's source: a changed builder never
+    # reuses a stale cached model.
+    digest = hashlib.sha256(Path(module.__file__).read_bytes()).hexdigest()[:10]
+    folder = cache_root() / f"{family}-{digest}"
     if (folder / "config.json").is_file():
         return str(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -48,7 +52,7 @@ def resolve_model_path(spec: str) -> str:
     staging = Path(tempfile.mkdtemp(prefix=f".{family}-", dir=folder.parent))
     try:
         LOG.info("building tiny %s model into %s", family, folder)
-        importlib.import_module(BUILDERS[family]).build(staging)
+        module.build(staging)
         try:
             staging.rename(folder)
         except OSError:  # another process won the race
