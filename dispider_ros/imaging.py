@@ -7,9 +7,10 @@ the final RGB conversion for the model copies, where the encoding requires it.
 """
 from __future__ import annotations
 
+import io
 import logging
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -106,10 +107,20 @@ def compressed_to_rgb8(msg, config: Optional[ConversionConfig] = None) -> np.nda
     import cv2
 
     config = config or ConversionConfig()
-    data = np.frombuffer(bytes(msg.data), dtype=np.uint8)
+    raw = bytes(msg.data)
+    data = np.frombuffer(raw, dtype=np.uint8)
     if data.size == 0:
         raise ImageError("data", f"empty compressed image (format {msg.format!r})")
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    # A few hundred bytes of header can declare 20000x20000: check before OpenCV allocates it.
+    size = _header_size(raw)
+    if size is not None and size[0] * size[1] > config.max_pixels:
+        raise ImageError("size", f"compressed image (format {msg.format!r}) declares "
+                                 f"{size[0]}x{size[1]}, over {config.max_pixels} pixels")
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    except cv2.error as error:  # e.g. a header over OpenCV's own pixel limit
+        raise ImageError("decode", f"could not decode {data.size}-byte compressed image "
+                                   f"(format {msg.format!r}): {str(error).strip()[-120:]}") from None
     if image is None:
         raise ImageError("decode", f"could not decode {data.size}-byte compressed image "
                                    f"(format {msg.format!r}): corrupt or unsupported")
@@ -117,6 +128,25 @@ def compressed_to_rgb8(msg, config: Optional[ConversionConfig] = None) -> np.nda
         raise ImageError("size", f"decoded image {image.shape[1]}x{image.shape[0]} exceeds "
                                  f"{config.max_pixels} pixels")
     return image[..., ::-1]
+
+
+def _header_size(data: bytes) -> Optional[Tuple[int, int]]:
+    """(width, height) a compressed image's header declares, read without decoding.
+
+    None where Pillow is absent or does not know the format (OpenCV then decides alone).
+    Raises ImageError("size") for a header far beyond Pillow's decompression-bomb limit.
+    """
+    try:
+        from PIL import Image as PILImage
+    except ImportError:
+        return None
+    try:
+        with PILImage.open(io.BytesIO(data)) as image:  # reads the header only
+            return tuple(image.size)
+    except PILImage.DecompressionBombError as error:  # over twice Pillow's own limit
+        raise ImageError("size", f"compressed image header: {error}") from None
+    except Exception:  # noqa: BLE001 -- unknown or corrupt header: OpenCV reports it
+        return None
 
 
 def is_compressed(msg) -> bool:
