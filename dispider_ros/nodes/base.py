@@ -197,18 +197,26 @@ class DispiderNode(LifecycleNode):
         self.get_logger().info(f"applied {pending}")
 
 
-def run(node_class, args: Optional[list] = None) -> None:
-    """Spin one node on a MultiThreadedExecutor until Ctrl-C; exit cleanly."""
-    rclpy.init(args=args)
-    node = node_class()
-    executor = MultiThreadedExecutor(num_threads=4)
-    executor.add_node(node)
+def spin(nodes: List, num_threads: int = 4) -> None:
+    """Spin nodes on one MultiThreadedExecutor until Ctrl-C, then free them; exit cleanly."""
+    executor = MultiThreadedExecutor(num_threads=num_threads)
+    for node in nodes:
+        executor.add_node(node)
     try:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        node.release()
+        for node in nodes:
+            if hasattr(node, "release"):
+                node.release()
         executor.shutdown(timeout_sec=1.0)
-        node.destroy_node()
+        for node in nodes:
+            node.destroy_node()
         rclpy.try_shutdown()
+
+
+def run(node_class, args: Optional[list] = None) -> None:
+    """Entry point of a single-node executable."""
+    rclpy.init(args=args)
+    spin([node_class()])
