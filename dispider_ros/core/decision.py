@@ -97,7 +97,8 @@ class DecisionCore:
         self._trigger_count = 0
         self._last_feature: Dict[str, FrameFeature] = {}
         self._text_cache: "OrderedDict[str, np.ndarray]" = OrderedDict()
-        self.counters = {"features": 0, "triggers": 0, "policy_errors": 0, "camera_resets": 0}
+        self.counters = {"features": 0, "triggers": 0, "policy_errors": 0, "camera_resets": 0,
+                         "bad_features": 0}
 
     def set_config(self, **changes) -> DecisionConfig:
         """Apply new settings at once (ValueError naming the bad value, nothing applied)."""
@@ -152,10 +153,11 @@ class DecisionCore:
             feature: one sampled frame's perception output.
         Returns:
             Triggers fired by this feature (possibly empty).
+        Raises:
+            ValueError: a non-finite stamp or embedding (counted as bad_features).
         """
         with self._lock:
-            if not math.isfinite(feature.stamp):
-                raise ValueError(f"feature stamp {feature.stamp!r} is not finite")
+            self._check_feature(feature)
             previous = self._last_feature.get(feature.camera_id)
             if previous is not None and feature.stamp < previous.stamp:
                 self.reset_camera(feature.camera_id)
@@ -168,6 +170,21 @@ class DecisionCore:
             for query in self.registry.active(feature.camera_id):
                 triggers += self._score(query, feature)
             return triggers
+
+    def _check_feature(self, feature: FrameFeature) -> None:
+        """Refuse (and count) a feature that would poison policy state: one NaN score keeps
+        a query's EMA at NaN, so it would never fire again."""
+        embedding = np.asarray(feature.embedding)
+        problem = None
+        if not isinstance(feature.stamp, (int, float)) or not math.isfinite(feature.stamp):
+            problem = f"feature stamp {feature.stamp!r} is not finite"
+        elif embedding.ndim != 1 or not np.issubdtype(embedding.dtype, np.number) \
+                or not np.all(np.isfinite(embedding)):
+            problem = (f"feature embedding {embedding.dtype} {embedding.shape} is not a 1-D "
+                       "vector of finite numbers")
+        if problem:
+            self.counters["bad_features"] += 1
+            raise ValueError(f"camera {feature.camera_id!r}: {problem}")
 
     def reset_camera(self, camera_id: str) -> None:
         """Forget one camera's latest feature and every query's policy state for it."""

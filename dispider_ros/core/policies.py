@@ -133,6 +133,8 @@ class Policy:
 
     def _gate(self, query: "ActiveQuery", feature: FrameFeature, raw: float) -> Optional[float]:
         """EMA + threshold + hysteresis + cooldown on a raw score in [0, 1]."""
+        if not math.isfinite(raw):  # a NaN would stay in the EMA for good
+            raise ValueError(f"query {query.query_id!r}: score {raw!r} is not finite")
         state = self.state(query, feature.camera_id)
         alpha = self.config.smoothing
         ema = raw if "ema" not in state else alpha * state["ema"] + (1.0 - alpha) * raw
