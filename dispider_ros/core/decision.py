@@ -6,7 +6,8 @@ frame and clip range) when one fires, then counts the response against the query
 limit. Text embeddings are computed once per query when it is added, through the
 `text_encoder` callable (VisionEncoder.encode_texts in the node, anything in tests).
 A feature stamp earlier than the camera's previous one (bag loop, sim-time reset) resets
-that camera's policy state, so cooldowns from the old timeline cannot block the new one.
+that camera's policy state, so cooldowns from the old timeline cannot block the new one,
+and moves the expiry timers of the queries watching it back by the jump (logged).
 All public methods are serialised by one lock (the node calls them from several threads).
 """
 from __future__ import annotations
@@ -97,6 +98,7 @@ class DecisionCore:
         self._trigger_count = 0
         self._last_feature: Dict[str, FrameFeature] = {}
         self._text_cache: "OrderedDict[str, np.ndarray]" = OrderedDict()
+        self._loops: Dict[str, int] = {}  # camera_id -> backward time jumps seen
         self.counters = {"features": 0, "triggers": 0, "policy_errors": 0, "camera_resets": 0,
                          "bad_features": 0}
 
@@ -128,6 +130,7 @@ class DecisionCore:
             mode = infer_mode(spec.text) if spec.mode == "auto" else spec.mode
             self._check_mode_supported(spec.query_id, mode)
             query = self.registry.add(dataclasses.replace(spec, mode=mode), now_stamp)
+            query.loops = max(self._loops.values(), default=0)  # asked on the current timeline
             if self.policies[mode].needs_text_embedding:
                 try:
                     query.text_embedding = self._embed(query.event_text)
@@ -160,9 +163,7 @@ class DecisionCore:
             self._check_feature(feature)
             previous = self._last_feature.get(feature.camera_id)
             if previous is not None and feature.stamp < previous.stamp:
-                self.reset_camera(feature.camera_id)
-                LOG.warning("camera %r: feature time went back %.3f -> %.3f; policy state reset",
-                            feature.camera_id, previous.stamp, feature.stamp)
+                self._on_time_jump(feature.camera_id, previous.stamp, feature.stamp)
             self._last_feature[feature.camera_id] = feature
             self.counters["features"] += 1
             self.registry.expire(feature.stamp)
@@ -185,6 +186,22 @@ class DecisionCore:
         if problem:
             self.counters["bad_features"] += 1
             raise ValueError(f"camera {feature.camera_id!r}: {problem}")
+
+    def _on_time_jump(self, camera_id: str, last: float, stamp: float) -> None:
+        """Camera time went back (bag loop, sim-time reset): reset the camera's policy state
+        and move the timers of the queries watching it back by the jump, so expiry counts
+        camera time elapsed across the loop. A jump is applied to a query once per loop,
+        so cameras of one bag looping together do not move it twice."""
+        self.reset_camera(camera_id)
+        loop = self._loops[camera_id] = self._loops.get(camera_id, 0) + 1
+        moved = 0
+        for query in self.registry.active(camera_id):
+            if query.loops < loop:
+                query.loops = loop
+                query.spec.stamp -= last - stamp
+                moved += 1
+        LOG.warning("camera %r: feature time went back %.3f -> %.3f; policy state reset, "
+                    "%d query timer(s) moved back %.3f s", camera_id, last, stamp, moved, last - stamp)
 
     def reset_camera(self, camera_id: str) -> None:
         """Forget one camera's latest feature and every query's policy state for it."""

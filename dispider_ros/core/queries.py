@@ -88,6 +88,7 @@ class ActiveQuery:
     responses: int = 0
     text_embedding: Optional[np.ndarray] = None  # (D,) float32, L2-normalised
     state: Dict[str, dict] = field(default_factory=dict)  # camera_id -> policy state
+    loops: int = 0  # camera-time loops already applied to spec.stamp (DecisionCore)
 
     @property
     def query_id(self) -> str:
@@ -251,7 +252,10 @@ class QueryRegistry:
             return
         burst = max(1.0, rate)
         if math.isnan(self._tokens) or now < self._last_now:
-            self._tokens = burst  # first use, or the clock went back (bag loop, sim reset)
+            if now < self._last_now:  # bag loop, sim-time reset, wall clock set back
+                LOG.warning("query rate limit: clock went back %.3f -> %.3f s; bucket refilled",
+                            self._last_now, now)
+            self._tokens = burst
         else:
             self._tokens = min(burst, self._tokens + (now - self._last_now) * rate)
         self._last_now = now
