@@ -197,6 +197,8 @@ class ReactionEngine:
                     del self._queue[waiting]
                     self.counts["superseded"] += 1
                 self._queue.appendleft(job)
+                if len(self._queue) > self.config.max_queue:  # the revision goes first: drop the next
+                    orphans.append(self._drop_waiting(1))
             elif waiting is not None:
                 stale = self._queue[waiting]
                 job.revises = stale.revises
@@ -206,16 +208,21 @@ class ReactionEngine:
             else:
                 self._queue.append(job)
                 if len(self._queue) > self.config.max_queue:
-                    dropped = self._queue.popleft()
-                    self.counts["dropped"] += 1
-                    LOG.warning("reaction queue full (%d): dropped trigger %s of query %s (%d dropped)",
-                                self.config.max_queue, dropped.trigger.trigger_id,
-                                dropped.trigger.query_id, self.counts["dropped"])
-                    orphans.append((dropped, "dropped: reaction queue full"))
+                    orphans.append(self._drop_waiting(0))
             self._cond.notify_all()
         for stale, error in orphans:
             self._emit_final(stale, "", error, extras={"stop_reason": "not_started"})
         return job.response_id
+
+    def _drop_waiting(self, index: int) -> tuple:
+        """Remove the waiting job at index on overflow (lock held); returns it with its error."""
+        dropped = self._queue[index]
+        del self._queue[index]
+        self.counts["dropped"] += 1
+        LOG.warning("reaction queue full (%d): dropped trigger %s of query %s (%d dropped)",
+                    self.config.max_queue, dropped.trigger.trigger_id, dropped.trigger.query_id,
+                    self.counts["dropped"])
+        return dropped, "dropped: reaction queue full"
 
     # ---- lifecycle and diagnostics -------------------------------------------------------
     def wait_idle(self, timeout: float) -> bool:
