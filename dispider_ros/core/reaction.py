@@ -47,6 +47,7 @@ import torch
 
 from dispider_ros.core.memory import FrameTokens, MemoryBuffer, MemoryConfig
 from dispider_ros.core.types import Frame, ResponseEvent, TriggerEvent
+from dispider_ros.models.loading import free_device_memory
 from dispider_ros.models.vlm import PromptParts, ReactionVLM, ReactionVLMConfig, load_reaction_vlm
 
 LOG = logging.getLogger(__name__)
@@ -306,6 +307,7 @@ class ReactionEngine:
             self._emit(self._event(job, text, final=False, sequence=sequence))
             sequence += 1
 
+        failed = out_of_memory = False
         try:
             result = self.vlm.generate(PromptParts(items, trigger.query_text), on_text=on_text, stop=job.stop)
         except Exception as error:  # noqa: BLE001 -- any model failure becomes an error response
@@ -315,6 +317,13 @@ class ReactionEngine:
                 self.counts["errors"] += 1
             self._emit_final(job, "", f"{type(error).__name__}: {error}", sequence=sequence,
                              extras={"stop_reason": "error", "queue_wait_sec": started - job.submitted})
+            failed, out_of_memory = True, isinstance(error, torch.cuda.OutOfMemoryError)
+        if out_of_memory:  # outside the except block, so the failed step's tensors are gone
+            device = getattr(self.vlm.config, "device", "cpu")
+            free_device_memory(device)
+            LOG.warning("out of memory on %s while answering trigger %s: cached memory released; "
+                        "lower max_tokens or max_new_tokens if it recurs", device, trigger.trigger_id)
+        if failed:
             return
         stop_reason = "preempted" if job.preempted_by else result.stop_reason
         ttft = (first_chunk[0] - job.submitted) if first_chunk else \
