@@ -87,6 +87,6 @@ setup(
     distclass=BinaryDistribution,
     cmdclass={"build_ext": CMakeBuild},
     data_files=DATA_FILES,
-    entry_points={"console_scripts": []},
+    entry_points={"console_scripts": ["dispider-eval = dispider_ros.eval.cli:main"]},
     zip_safe=False,
 )

@@ -1,0 +1,685 @@
+"""Replay a recording through the system and record every query, trigger and response.
+
+Two modes over the same core objects:
+
+* **offline** (`OfflineReplay`): one process, no DDS. It builds the PerceptionPipeline,
+  DecisionCore and ReactionEngine exactly as the three nodes build them, from the same
+  YAML parameter file (`node_settings` reads each node's ``ros__parameters`` with the
+  ROS wildcard rules, over the nodes' own defaults). The clock is the camera clock of the
+  bag: frames are offered with their stamps, queries are added when the camera time
+  reaches them, each trigger's answer is generated to completion before the next frame
+  (so memory, and with greedy decoding the answer, are deterministic), and nothing waits
+  for wall time, so it runs as fast as the models allow. ``emit_stamp`` of an answer is
+  the camera time at which it would have come out on this machine in real time: the
+  camera time when its trigger was made + the measured seconds from the start of that
+  frame's perception to the final token.
+* **live** (`run_live`): the real node processes (started with ``use_sim_time:=true`` and
+  ``autostart:=true`` in a private namespace) and a separate player process
+  (`dispider_ros.nodes.live_replay`) that publishes the bag's images with their original
+  stamps and ``/clock`` at real or accelerated rate, publishes the annotation's queries
+  at their times, and records triggers and responses. No rclpy in this module: the live
+  mode only starts processes.
+
+Times: annotation times are seconds from the recording start t0 = the recording's
+``start_stamp`` when the annotation gives one, else the stamp of the first image of the
+replayed camera topics (`recording_t0`). A query at time t is asked just before the first
+frame with stamp >= t0 + t; queries after the last frame are asked after it.
+
+Camera ids are the bag's topic names in both modes (the live player strips its private
+namespace), so an annotation's ``camera`` is a topic name such as ``/camera/image_raw``.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import re
+import resource
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import yaml
+
+from dispider_ros.eval import annotations as ann
+from dispider_ros.eval import bagio
+from dispider_ros.eval.record import ANNOTATIONS, PREDICTIONS, RunRecorder
+
+LOG = logging.getLogger(__name__)
+
+NODES = ("perception_node", "decision_node", "reaction_node")
+MODEL_PARAM = {"perception_node": "vision_model", "decision_node": "vision_model",
+               "reaction_node": "vlm_model"}
+# The nodes' parameter defaults this replay reads (nodes/*.py PARAMS; a test checks they agree).
+_COMMON = {"preset": "tiny", "device": "", "dtype": "", "local_files_only": True,
+           "trust_remote_code": False}
+NODE_DEFAULTS: Dict[str, Dict[str, Any]] = {
+    "perception_node": {**_COMMON, "vision_model": "", "image_topics": ["image"],
+                        "compressed_topics": [], "max_image_pixels": 4096 * 4096,
+                        "batch_size": 8, "sample_fps": 2.0, "clip_similarity_threshold": 0.85,
+                        "min_clip_frames": 2, "max_clip_frames": 0},
+    "decision_node": {**_COMMON, "vision_model": "", "activation_checkpoint": "",
+                      "trigger_threshold": 0.5, "hysteresis": 0.1, "cooldown_sec": 5.0,
+                      "smoothing": 0.5, "max_query_chars": 2000, "max_queries_per_sec": 5.0},
+    "reaction_node": {**_COMMON, "vlm_model": "", "image_topics": ["image"],
+                      "compressed_topics": [], "max_image_pixels": 4096 * 4096, "max_queue": 8,
+                      "prompt_cameras": "all", "sample_fps": 2.0, "max_tokens": 4096,
+                      "protected_frames": 4, "max_new_tokens": 48, "temperature": 0.0,
+                      "preempt_same_query": True},
+}
+DECISION_LIVE = ("trigger_threshold", "hysteresis", "cooldown_sec", "smoothing",
+                 "max_query_chars", "max_queries_per_sec")
+
+
+# ----------------------------------------------------------------- parameters ---------
+def _flatten(params: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    out = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _pattern_matches(pattern: str, fqn: str) -> bool:
+    """ROS 2 node-name wildcards: ``*`` = one name token, ``/**`` = any namespaces."""
+    if not pattern.startswith("/"):
+        pattern = "/" + pattern
+    regex = ""
+    for part in pattern.strip("/").split("/"):
+        if part == "**":
+            regex += r"(/[^/]+)*"
+        else:
+            regex += "/" + re.escape(part).replace(r"\*", "[^/]*")
+    return re.fullmatch(regex, fqn) is not None
+
+
+def node_settings(node: str, params_file: Optional[Union[str, Path]] = None,
+                  overrides: Optional[Dict[str, Any]] = None, namespace: str = "") -> Dict[str, Any]:
+    """The parameter values a node would run with: its defaults, then every matching
+    ``ros__parameters`` block of the YAML file in file order, then `overrides` (like -p).
+
+    Args:
+        node: one of NODES.
+        params_file: ROS 2 parameter YAML (default: the package's config/dispider.yaml).
+        overrides: {name: value} applied last.
+        namespace: the node's namespace for wildcard matching ("" = root).
+    """
+    if node not in NODE_DEFAULTS:
+        raise ValueError(f"node {node!r} is not one of {NODES}")
+    settings = copy.deepcopy(NODE_DEFAULTS[node])
+    if params_file is None:
+        from dispider_ros.models.presets import config_file
+
+        params_file = config_file("dispider.yaml")
+    data = yaml.safe_load(Path(params_file).read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{params_file}: not a ROS 2 parameter file (a mapping of node names)")
+    fqn = f"{namespace.rstrip('/')}/{node}"
+    for pattern, block in data.items():
+        if not isinstance(block, dict) or "ros__parameters" not in block:
+            raise ValueError(f"{params_file}: entry {pattern!r} has no ros__parameters")
+        if _pattern_matches(str(pattern), fqn):
+            settings.update(_flatten(block["ros__parameters"] or {}))
+    settings.update(overrides or {})
+    return settings
+
+
+def resolve_models(node: str, settings: Dict[str, Any]) -> Dict[str, Any]:
+    """model/device/dtype with empty values filled from the preset (DispiderNode.resolve_models)."""
+    from dispider_ros.models.presets import load_preset
+
+    preset = load_preset(settings["preset"])
+    key = "vision_model" if MODEL_PARAM[node] == "vision_model" else "vlm_model"
+    resolved = {"model": settings[MODEL_PARAM[node]] or preset.get(key, ""),
+                "device": settings["device"] or preset.get("device", "cpu"),
+                "dtype": settings["dtype"] or preset.get("dtype", "auto")}
+    if not resolved["model"]:
+        raise ValueError(f"{node}: {MODEL_PARAM[node]} is empty and preset "
+                         f"{settings['preset']!r} names none")
+    return resolved
+
+
+def perception_configs(settings: Dict[str, Any]):
+    """(VisionEncoderConfig, PerceptionConfig) as perception_node.configure_core builds them."""
+    from dispider_ros.core.perception import PerceptionConfig
+    from dispider_ros.core.sampler import SamplerConfig
+    from dispider_ros.core.segmenter import SegmenterConfig
+    from dispider_ros.models.vision import VisionEncoderConfig
+
+    resolved = resolve_models("perception_node", settings)
+    encoder = VisionEncoderConfig(model=resolved["model"], device=resolved["device"],
+                                  dtype=resolved["dtype"], batch_size=settings["batch_size"],
+                                  local_files_only=settings["local_files_only"],
+                                  trust_remote_code=settings["trust_remote_code"])
+    pipeline = PerceptionConfig(
+        sampler=SamplerConfig(sample_fps=float(settings["sample_fps"])),
+        segmenter=SegmenterConfig(similarity_threshold=float(settings["clip_similarity_threshold"]),
+                                  min_clip_frames=settings["min_clip_frames"],
+                                  max_clip_frames=settings["max_clip_frames"]))
+    return encoder, pipeline
+
+
+def decision_configs(settings: Dict[str, Any]):
+    """(VisionEncoderConfig of the text tower, DecisionConfig) as decision_node builds them."""
+    from dispider_ros.core.decision import DecisionConfig
+    from dispider_ros.models.vision import VisionEncoderConfig
+
+    resolved = resolve_models("decision_node", settings)
+    encoder = VisionEncoderConfig(model=resolved["model"], device=resolved["device"],
+                                  dtype=resolved["dtype"],
+                                  local_files_only=settings["local_files_only"],
+                                  trust_remote_code=settings["trust_remote_code"])
+    return encoder, DecisionConfig(**{key: settings[key] for key in DECISION_LIVE})
+
+
+def reaction_config(settings: Dict[str, Any]):
+    """ReactionConfig as reaction_node.configure_core builds it."""
+    from dispider_ros.core.memory import MemoryConfig
+    from dispider_ros.core.reaction import ReactionConfig
+    from dispider_ros.models.vlm import ReactionVLMConfig
+
+    resolved = resolve_models("reaction_node", settings)
+    vlm = ReactionVLMConfig(model=resolved["model"], device=resolved["device"],
+                            dtype=resolved["dtype"], local_files_only=settings["local_files_only"],
+                            trust_remote_code=settings["trust_remote_code"],
+                            max_new_tokens=settings["max_new_tokens"],
+                            temperature=settings["temperature"])
+    return ReactionConfig(memory=MemoryConfig(max_tokens=settings["max_tokens"],
+                                              protected_frames=settings["protected_frames"]),
+                          vlm=vlm, max_queue=settings["max_queue"],
+                          preempt_same_query=settings["preempt_same_query"],
+                          prompt_cameras=settings["prompt_cameras"],
+                          evidence_tolerance_sec=1.0 / float(settings["sample_fps"]))
+
+
+# ------------------------------------------------------------ annotations, time ---------
+def select_recording(annotations: ann.AnnotationSet, bag: Union[str, Path],
+                     recording_id: Optional[str] = None) -> ann.Recording:
+    """The recording of the annotation file that describes `bag`.
+
+    By id when given; else the only recording; else the one whose ``source`` names the
+    bag (same resolved path, or same file/folder name).
+    """
+    recordings = annotations.recordings
+    if recording_id is not None:
+        for rec in recordings:
+            if rec.recording_id == recording_id:
+                return rec
+        raise ValueError(f"no recording {recording_id!r}; the file has "
+                         f"{[r.recording_id for r in recordings]}")
+    if len(recordings) == 1:
+        return recordings[0]
+    bag = Path(bag)
+    hits = [r for r in recordings if r.source and Path(r.source).name == bag.name]
+    if len(hits) == 1:
+        return hits[0]
+    raise ValueError(f"cannot tell which recording describes {bag}: the annotation file has "
+                     f"{[r.recording_id for r in recordings]}; pass --recording")
+
+
+def recording_t0(recording: ann.Recording, source: bagio.CameraSource,
+                 topics: Optional[Sequence[str]] = None) -> float:
+    """Absolute camera stamp of annotation time 0 (see the module docstring)."""
+    if recording.start_stamp is not None:
+        return float(recording.start_stamp)
+    return source.start_stamp(topics)
+
+
+@dataclass(frozen=True)
+class ScheduledQuery:
+    """An annotated query with its absolute camera stamp."""
+
+    abs_stamp: float
+    query: ann.AnnotatedQuery
+
+
+def schedule(recording: ann.Recording, t0: float) -> List[ScheduledQuery]:
+    return sorted((ScheduledQuery(t0 + q.time, q) for q in recording.queries),
+                  key=lambda s: s.abs_stamp)
+
+
+def prepare_run_dir(out: Union[str, Path], annotations_path: Union[str, Path],
+                    bag: Union[str, Path], recording_id: Optional[str] = None,
+                    overwrite: bool = False) -> Tuple[Path, ann.Recording]:
+    """Create the run folder with the selected recording saved as annotations.json."""
+    out = Path(out)
+    recording = select_recording(ann.load(annotations_path), bag, recording_id)
+    out.mkdir(parents=True, exist_ok=True)
+    predictions = out / PREDICTIONS
+    if predictions.exists():
+        if not overwrite:
+            raise FileExistsError(f"{predictions} exists: choose another --out or pass --overwrite")
+        predictions.unlink()
+    ann.save(ann.AnnotationSet([recording]), out / ANNOTATIONS)
+    return out, recording
+
+
+class Progress:
+    """Line-based progress on stderr, at most every `every_sec` wall seconds."""
+
+    def __init__(self, label: str, total: float, enabled: bool = True, every_sec: float = 2.0):
+        self.label, self.total, self.enabled, self.every_sec = label, total, enabled, every_sec
+        self._last = -math.inf
+
+    def update(self, done: float, extra: str = "", force: bool = False) -> None:
+        now = time.monotonic()
+        if not self.enabled or (not force and now - self._last < self.every_sec):
+            return
+        self._last = now
+        pct = f" ({100.0 * done / self.total:3.0f}%)" if self.total > 0 else ""
+        print(f"[{self.label}] {done:7.2f}/{self.total:.2f} s camera time{pct} {extra}",
+              file=sys.stderr, flush=True)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process, MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# ------------------------------------------------------------------- offline ----------
+@dataclass
+class ReplayOptions:
+    """Args:
+        preset: model preset for every node (like ``-p preset:=...``).
+        params_file: the nodes' parameter YAML (default config/dispider.yaml).
+        overrides: {node: {param: value}} applied after the file.
+        camera_topics: topics to replay (default: every image topic).
+        chunks: record streamed chunks too.
+        progress: print progress lines on stderr.
+        response_timeout_sec: longest wait for one answer.
+        torch_threads: intra-op threads of the offline process (1: polite on small shared
+            machines; the reaction worker uses the node's own setting).
+    """
+
+    preset: str = "tiny"
+    params_file: Optional[Path] = None
+    overrides: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    camera_topics: Sequence[str] = ()
+    chunks: bool = False
+    progress: bool = True
+    response_timeout_sec: float = 300.0
+    torch_threads: int = 1
+
+    def settings(self, node: str) -> Dict[str, Any]:
+        return node_settings(node, self.params_file,
+                             {"preset": self.preset, **self.overrides.get(node, {})})
+
+
+class OfflineReplay:
+    """The three cores in one process, driven by the camera clock of a recording.
+
+    Args:
+        options: settings (same YAML as the nodes).
+    """
+
+    def __init__(self, options: ReplayOptions):
+        import torch
+
+        from dispider_ros.core.decision import DecisionCore
+        from dispider_ros.core.perception import PerceptionPipeline
+        from dispider_ros.core.reaction import ReactionEngine
+        from dispider_ros.core.sampler import FrameSampler, SamplerConfig
+        from dispider_ros.models.vision import VisionEncoder
+
+        self.options = options
+        self.settings = {node: options.settings(node) for node in NODES}
+        started = time.perf_counter()
+        torch.set_num_threads(options.torch_threads)
+        encoder_config, pipeline_config = perception_configs(self.settings["perception_node"])
+        text_config, decision_config = decision_configs(self.settings["decision_node"])
+        self.encoder = VisionEncoder(encoder_config)
+        # The decision node loads its own copy of the same checkpoint; one copy is the same model.
+        same = (text_config.model, text_config.device, text_config.dtype) == \
+            (encoder_config.model, encoder_config.device, encoder_config.dtype)
+        self.text_encoder = self.encoder if same else VisionEncoder(text_config)
+        head = None
+        checkpoint = self.settings["decision_node"]["activation_checkpoint"]
+        if checkpoint:
+            from dispider_ros.models.activation import ActivationHead
+
+            head = ActivationHead.from_pretrained(checkpoint, device=text_config.device)
+        self.pipeline = PerceptionPipeline(self.encoder, pipeline_config)
+        self.decision = DecisionCore(decision_config, text_encoder=self.text_encoder.encode_texts,
+                                     match_calibration=self.text_encoder.match_calibration(),
+                                     activation_head=head)
+        reaction = self.settings["reaction_node"]
+        # reaction_node samples its own camera subscription at its own sample_fps
+        self.reaction_sampler = FrameSampler(SamplerConfig(sample_fps=float(reaction["sample_fps"])),
+                                             on_reset=lambda *_: self.engine.memory.clear())
+        self.engine = ReactionEngine(reaction_config(reaction), self._on_response)
+        self.load_sec = time.perf_counter() - started
+        self.recorder: Optional[RunRecorder] = None
+        self._pending: Dict[str, Tuple[float, float]] = {}  # trigger id -> (camera clock, perf start)
+        self._lock = threading.Lock()
+        self.errors: Dict[str, int] = {}
+
+    # -- events --------------------------------------------------------------------------
+    def _on_response(self, event) -> None:
+        with self._lock:
+            clock, began = self._pending.get(event.trigger_id, (event.stamp, time.perf_counter()))
+        emit = clock + (time.perf_counter() - began) if event.final else None
+        self.recorder.response(
+            event.response_id, event.trigger_id, event.query_id, event.stamp, event.camera_id,
+            event.text, event.final, sequence=event.sequence,
+            ttft_sec=event.ttft_sec if event.final else None, emit_abs_stamp=emit,
+            token_count=event.token_count, error=event.error,
+            revises_response_id=event.revises_response_id,
+            **({"stop_reason": event.extras.get("stop_reason", "")} if event.final else {}))
+
+    def _react(self, triggers, clock: float, began: float) -> None:
+        for trigger in triggers:
+            self.recorder.trigger(trigger.trigger_id, trigger.query_id, trigger.stamp,
+                                  trigger.camera_id, trigger.policy, trigger.score,
+                                  trigger.frame_index, trigger.clip_index, trigger.clip_start,
+                                  clock_abs=clock)
+            with self._lock:
+                self._pending[trigger.trigger_id] = (clock, began)
+            self.engine.submit(trigger)
+            # One answer at a time: memory, and with greedy decoding the text, are deterministic.
+            if not self.engine.wait_idle(self.options.response_timeout_sec):
+                raise TimeoutError(f"no answer to trigger {trigger.trigger_id} within "
+                                   f"{self.options.response_timeout_sec:.0f} s")
+
+    def _ask(self, item: ScheduledQuery) -> None:
+        from dispider_ros.core.types import QuerySpec
+
+        q = item.query
+        self.recorder.query(q.query_id, item.abs_stamp, q.text, q.mode, q.camera)
+        began = time.perf_counter()
+        try:
+            spec = QuerySpec(query_id=q.query_id, text=q.text, mode=q.mode,
+                             cameras=(q.camera,) if q.camera else (), stamp=item.abs_stamp)
+            _, triggers = self.decision.add_query(spec, item.abs_stamp)
+        except (ValueError, TypeError) as error:
+            # decision_node answers a rejected query with an error Response: record the same.
+            self.recorder.response("", "", q.query_id, item.abs_stamp, q.camera, "", True,
+                                   error=f"query rejected: {error}")
+            return
+        self._react(triggers, item.abs_stamp, began)
+
+    def _count(self, kind: str) -> None:
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+
+    # -- the loop ------------------------------------------------------------------------
+    def run(self, source: bagio.CameraSource, recording: ann.Recording,
+            recorder: RunRecorder, topics: Optional[Sequence[str]] = None,
+            t0: Optional[float] = None, duration: float = 0.0) -> Dict[str, Any]:
+        """Replay `source` and record to `recorder` (whose t0 must be the recording's).
+
+        Args:
+            duration: expected camera seconds, for progress lines only.
+
+        Returns:
+            System figures (also written as the "end" run record).
+        """
+        from dispider_ros.core.sampler import RejectedFrame
+        from dispider_ros.imaging import ConversionConfig, ImageError
+
+        self.recorder = recorder
+        cameras = [t.topic for t in source.select(topics or self.options.camera_topics or None)]
+        t0 = recording_t0(recording, source, cameras) if t0 is None else t0
+        queue = schedule(recording, t0)
+        conversion = ConversionConfig(max_pixels=int(self.settings["perception_node"]["max_image_pixels"]))
+        progress = Progress("offline", float(duration or recording.duration or 0.0),
+                            self.options.progress)
+        first = last = None
+        frames = 0
+        wall0 = time.perf_counter()
+        for frame in source.frames(cameras):
+            while queue and queue[0].abs_stamp <= frame.stamp:
+                self._ask(queue.pop(0))
+            first = frame.stamp if first is None else first
+            last = frame.stamp if last is None else max(last, frame.stamp)
+            frames += 1
+            began = time.perf_counter()
+            try:
+                rgb = frame.rgb(conversion)
+            except ImageError as error:
+                self._count(f"image_{error.kind}")
+                continue
+            try:
+                kept = self.reaction_sampler.offer(frame.topic, frame.stamp, rgb, frame.frame_id)
+                if kept is not None:
+                    self.engine.ingest(kept)
+            except RejectedFrame as error:
+                self._count(f"reaction_frame_{error.reason}")
+            try:
+                sampled = self.pipeline.offer(frame.topic, frame.stamp, rgb, frame.frame_id)
+            except RejectedFrame as error:
+                self._count(f"frame_{error.reason}")
+                continue
+            if sampled is not None:
+                for feature in self.pipeline.process([sampled]):
+                    self._react(self.decision.on_feature(feature), feature.stamp, began)
+            progress.update(frame.stamp - t0, f"triggers {recorder.counts['trigger']} "
+                            f"responses {recorder.counts['response']}")
+        for item in queue:  # asked after the recording ended: the latest frame answers
+            self._ask(item)
+        self.engine.wait_idle(self.options.response_timeout_sec)
+        wall = time.perf_counter() - wall0
+        if first is None:
+            raise bagio.NoImagesError(f"{source.path}: the camera topics {cameras} hold no messages")
+        camera_sec = last - first
+        progress.update(last - t0, "done", force=True)
+        return self._figures(cameras, frames, camera_sec, wall)
+
+    def _figures(self, cameras, frames: int, camera_sec: float, wall: float) -> Dict[str, Any]:
+        stats = self.pipeline.stats()
+        sampled = {cam: int(stats.get(f"{cam}/sampled", 0)) for cam in cameras}
+        figures = {
+            "mode": "offline", "frames": frames, "camera_seconds": camera_sec,
+            "wall_seconds": wall, "speed_factor": camera_sec / wall if wall > 0 else None,
+            "model_load_seconds": self.load_sec,
+            "sampled_frames": sampled,
+            "sampled_fps": {cam: n / camera_sec if camera_sec > 0 else None
+                            for cam, n in sampled.items()},
+            "not_sampled_frames": {cam: int(stats.get(f"{cam}/dropped", 0)) for cam in cameras},
+            "dropped_frames": 0,  # no transport, no latest-frame mailbox: nothing is lost
+            "rejected_frames": self.errors,
+            "perception_ms_per_frame": stats.get("process_ms_per_frame"),
+            "encode_ms_per_frame": stats.get("encode_ms_per_frame"),
+            "decision": self.decision.stats(),
+            "reaction": {k: v for k, v in self.engine.stats().items() if not isinstance(v, bool)},
+            "peak_rss_mb": peak_rss_mb(),
+        }
+        return figures
+
+    def close(self) -> None:
+        self.engine.close()
+        for encoder in {id(self.encoder): self.encoder, id(self.text_encoder): self.text_encoder}.values():
+            encoder.close()
+
+
+def run_offline(bag: Union[str, Path], annotations_path: Union[str, Path], out: Union[str, Path],
+                options: Optional[ReplayOptions] = None, recording_id: Optional[str] = None,
+                overwrite: bool = False) -> Dict[str, Any]:
+    """Offline replay of `bag` into the run folder `out`; returns the system figures."""
+    options = options or ReplayOptions()
+    out, recording = prepare_run_dir(out, annotations_path, bag, recording_id, overwrite)
+    with bagio.open_source(bag) as source:
+        cameras = [t.topic for t in source.select(options.camera_topics or None)]
+        t0 = recording_t0(recording, source, cameras)
+        replay = OfflineReplay(options)
+        with RunRecorder(out / PREDICTIONS, t0=t0, chunks=options.chunks) as recorder:
+            recorder.run("start", mode="offline", bag=str(bag), storage=source.storage,
+                         recording_id=recording.recording_id, t0=t0, cameras=cameras,
+                         preset=options.preset, settings=replay.settings)
+            try:
+                figures = replay.run(source, recording, recorder, cameras, t0,
+                                     recording.duration or source.duration_hint())
+            finally:
+                replay.close()
+            recorder.run("end", system=figures)
+    factor = figures["speed_factor"]
+    print(f"offline replay: {figures['camera_seconds']:.2f} s of camera time in "
+          f"{figures['wall_seconds']:.2f} s wall = {factor:.1f}x real time "
+          f"(models loaded in {figures['model_load_seconds']:.1f} s); record: {out / PREDICTIONS}",
+          file=sys.stderr, flush=True)
+    return figures
+
+
+# ---------------------------------------------------------------------- live ----------
+def _executable(name: str, module: str) -> List[str]:
+    """The installed executable, else `python -m module` (same interpreter)."""
+    from dispider_ros.paths import executable
+
+    try:
+        path = executable(name)
+        if path.is_file():
+            return [str(path)]
+    except FileNotFoundError:
+        pass
+    return [sys.executable, "-m", module]
+
+
+def live_params_file(options: ReplayOptions, namespace: str, topics: Sequence[bagio.TopicInfo],
+                     out: Path) -> Path:
+    """The live graph's parameter file: the user's file, then one entry per node under its
+    exact name (appended last, so it wins over every wildcard entry, in rcl's file-order
+    merge) with the preset, `use_sim_time`, `autostart`, `options.overrides`, and for the
+    camera nodes the player's topics with their QoS switched to reliable (the sensor QoS is
+    overridable for exactly this), so no frame is lost on the wire during a replay."""
+    from dispider_ros.models.presets import config_file
+
+    source = options.params_file or config_file("dispider.yaml")
+    data = yaml.safe_load(Path(source).read_text()) or {}
+    raw = [namespace + t.topic for t in topics if t.kind == "raw"]
+    compressed = [namespace + t.topic for t in topics if t.kind == "compressed"]
+    for node in NODES:
+        params: Dict[str, Any] = {"preset": options.preset, "use_sim_time": True, "autostart": True}
+        if node != "decision_node":
+            params.update(image_topics=raw or [""], compressed_topics=compressed or [""],
+                          qos_overrides={topic: {"subscription": {"reliability": "reliable", "depth": 5}}
+                                         for topic in raw + compressed})
+        params.update(options.overrides.get(node, {}))
+        data[f"{namespace}/{node}"] = {"ros__parameters": params}
+    path = out / "live_params.yaml"
+    path.write_text(yaml.dump(data, Dumper=_NoAliasDumper, sort_keys=False))
+    return path
+
+
+class _NoAliasDumper(yaml.SafeDumper):
+    """rcl's parameter-file parser rejects YAML aliases (&id001 / *id001)."""
+
+    def ignore_aliases(self, data):
+        return True
+
+
+def _vm_hwm_mb(pid: int) -> Optional[float]:
+    """Peak resident memory (VmHWM) of a running process, MiB; None when unknown."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _stop(process: subprocess.Popen, timeout: float = 15.0) -> None:
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, signal.SIGINT)
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout)
+        except ProcessLookupError:
+            pass
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def run_live(bag: Union[str, Path], annotations_path: Union[str, Path], out: Union[str, Path],
+             options: Optional[ReplayOptions] = None, rate: float = 1.0,
+             recording_id: Optional[str] = None, overwrite: bool = False, sync: bool = False,
+             startup_timeout: float = 180.0, drain_timeout: float = 120.0) -> Dict[str, Any]:
+    """Live replay: node processes over DDS + the player process; returns system figures.
+
+    Args:
+        rate: playback speed (1 = real time).
+        sync: the player pauses after each frame perception will sample until its feature
+            is out (see live_replay): a loaded machine then samples the frames the offline
+            replay samples, at the cost of real-time pacing while it waits.
+
+    Raises:
+        RuntimeError: a node or the player failed (with the tail of its log).
+    """
+    options = options or ReplayOptions()
+    if not (rate > 0 and math.isfinite(rate)):
+        raise ValueError(f"rate {rate!r} must be a finite number > 0")
+    out, recording = prepare_run_dir(out, annotations_path, bag, recording_id, overwrite)
+    with bagio.open_source(bag) as source:
+        topics = source.select(options.camera_topics or None)
+    namespace = f"/dispider_eval_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    params = live_params_file(options, namespace, topics, out)
+    logs = out / "logs"
+    logs.mkdir(exist_ok=True)
+    perception = node_settings("perception_node", params, {"preset": options.preset}, namespace)
+    nodes: Dict[str, subprocess.Popen] = {}
+    player: Optional[subprocess.Popen] = None
+    wall0 = time.monotonic()
+    try:
+        for name in NODES:
+            with open(logs / f"{name}.log", "wb") as log:
+                nodes[name] = subprocess.Popen(
+                    _executable(name, f"dispider_ros.nodes.{name}") + [
+                        "--ros-args", "-r", f"__ns:={namespace}", "--params-file", str(params),
+                        "-p", f"preset:={options.preset}", "-p", "use_sim_time:=true",
+                        "-p", "autostart:=true"],
+                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        player_cmd = _executable("live_replay", "dispider_ros.nodes.live_replay") + [
+            "--bag", str(bag), "--annotations", str(out / ANNOTATIONS),
+            "--out", str(out / PREDICTIONS), "--namespace", namespace, "--rate", str(rate),
+            "--sample-fps", str(perception["sample_fps"]), "--startup-timeout", str(startup_timeout),
+            "--drain-timeout", str(drain_timeout), "--preset", options.preset]
+        for topic in topics:
+            player_cmd += ["--camera-topic", topic.topic]
+        if options.chunks:
+            player_cmd.append("--chunks")
+        if sync:
+            player_cmd.append("--sync")
+        if not options.progress:
+            player_cmd.append("--quiet")
+        player = subprocess.Popen(player_cmd, start_new_session=True)
+        while player.poll() is None:
+            for name, process in nodes.items():
+                if process.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {process.returncode} during the live "
+                                       f"replay; its log ({logs / (name + '.log')}) ends:\n"
+                                       f"{_tail(logs / (name + '.log'))}")
+            try:
+                player.wait(0.5)
+            except subprocess.TimeoutExpired:
+                pass
+        if player.returncode != 0:
+            raise RuntimeError(f"the live player exited with {player.returncode} (see above); "
+                               f"node logs are in {logs}")
+        # VmHWM is each process's own high-water mark: read it before the nodes exit.
+        peaks = {name: _vm_hwm_mb(process.pid) for name, process in nodes.items()}
+    finally:
+        if player is not None:
+            _stop(player)
+        for process in nodes.values():
+            _stop(process)
+    known = [v for v in peaks.values() if v is not None]
+    figures = {"node_peak_rss_mb": peaks, "peak_rss_mb": max(known) if known else None,
+               "live_total_wall_seconds": time.monotonic() - wall0, "namespace": namespace}
+    with RunRecorder(out / PREDICTIONS) as recorder:
+        recorder.run("end", system=figures)
+    return figures
