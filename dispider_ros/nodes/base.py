@@ -5,6 +5,7 @@ import threading
 from typing import Any, Dict, List, Optional
 
 import rclpy
+import torch
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
@@ -106,6 +107,8 @@ class DispiderNode(LifecycleNode):
             with _CONFIGURE_LOCK, self.lock:
                 self.settings = values(self, self.PARAMS)
                 self.resolved = self.resolve_models(self.settings)
+                if self.settings["torch_threads"]:
+                    torch.set_num_threads(self.settings["torch_threads"])
                 self.configure_core(self.settings)
         except Exception as error:  # any load failure: stay unconfigured, say why
             self.get_logger().error(f"configure failed: {type(error).__name__}: {error}")

@@ -74,10 +74,9 @@ def trigger_from_msg(msg: Trigger) -> TriggerEvent:
 
 
 def response_to_msg(event: ResponseEvent) -> Response:
-    ttft = event.ttft_sec if math.isfinite(event.ttft_sec) else 0.0
     return Response(
         header=header(event.stamp, event.frame_id), response_id=event.response_id,
         trigger_id=event.trigger_id, query_id=event.query_id, camera_id=event.camera_id,
         text=event.text, final=bool(event.final), sequence=int(event.sequence),
-        revises_response_id=event.revises_response_id, ttft_sec=float(ttft),
+        revises_response_id=event.revises_response_id, ttft_sec=float(event.ttft_sec),
         token_count=int(event.token_count), error=event.error)

@@ -28,7 +28,7 @@ PARAMS = common_params("vision_model", "SigLIP/CLIP checkpoint whose text tower 
           "minus this", 0.0, 1.0),
     Param("cooldown_sec", 5.0, "camera seconds after a trigger before the same query may "
           "fire again", 0.0, 3600.0),
-    Param("smoothing", 0.5, "EMA weight of the newest score (1 = no smoothing)", 0.01, 1.0),
+    Param("smoothing", 0.5, "EMA weight of the past score (0 = no smoothing)", 0.0, 0.99),
     Param("max_query_chars", 2000, "longer queries are rejected", 1, 100000),
     Param("max_queries_per_sec", 5.0, "query rate limit (camera time)", 0.01, 1000.0),
 ]

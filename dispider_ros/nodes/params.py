@@ -90,6 +90,8 @@ def common_params(model_param: str, model_description: str) -> List[Param]:
         Param("local_files_only", True, "never contact a model hub", static=True),
         Param("trust_remote_code", False, "run code shipped with a checkpoint (off: a "
               "checkpoint cannot execute code in this process)", static=True),
+        Param("torch_threads", 0, "torch intra-op threads of this process; 0 = torch's "
+              "default (all cores). Three nodes on a small CPU: 1 each", 0, 256, static=True),
         Param("autostart", False, "configure and activate on start-up without a lifecycle "
               "manager", static=True),
         Param("diagnostics_period_sec", 1.0, "period of /diagnostics messages", 0.1, 60.0),

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
+import numpy as np
+
 from dispider_ros.core.perception import PerceptionConfig, PerceptionPipeline
 from dispider_ros.core.sampler import RejectedFrame, SamplerConfig
 from dispider_ros.core.segmenter import SegmenterConfig
@@ -49,6 +51,8 @@ class PerceptionNode(DispiderNode):
             dtype=self.resolved["dtype"], batch_size=settings["batch_size"],
             local_files_only=settings["local_files_only"],
             trust_remote_code=settings["trust_remote_code"]))
+        # One forward pass now, so the first camera frames do not pay for lazy init.
+        self.encoder.encode_images([np.zeros((64, 64, 3), np.uint8)])
         self.pipeline = PerceptionPipeline(self.encoder, PerceptionConfig(
             sampler=SamplerConfig(sample_fps=settings["sample_fps"]),
             segmenter=self._segmenter_config(settings)))
