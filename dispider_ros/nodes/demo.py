@@ -52,7 +52,9 @@ def start_nodes(preset: str, params_file: Path, log_dir: Path) -> List[subproces
         log = open(log_dir / f"{name}.log", "wb")
         processes.append(subprocess.Popen(
             [str(executable(name)), "--ros-args", "-r", f"__ns:={NAMESPACE}",
-             "--params-file", str(params_file), "-p", f"preset:={preset}"],
+             "--params-file", str(params_file), "-p", f"preset:={preset}",
+             # three processes on a small CPU: one torch thread each avoids oversubscription
+             "-p", f"torch_threads:={1 if (os.cpu_count() or 1) <= 4 else 0}"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
     return processes
 
