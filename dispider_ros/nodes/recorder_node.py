@@ -19,12 +19,11 @@ import threading
 from typing import Callable, Dict, Optional
 
 import rclpy
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 
 from dispider_ros.eval.record import RunRecorder
 from dispider_ros.msg import Query, Response, Trigger
-from dispider_ros.nodes.base import RELIABLE
+from dispider_ros.nodes.base import RELIABLE, spin
 from dispider_ros.nodes.convert import to_sec
 
 
@@ -124,25 +123,15 @@ class RecorderNode(Node):
         self.outputs = OutputRecorder(self, self.recorder, queries=queries, chunks=chunks)
         self.get_logger().info(f"recording queries, triggers and responses to {output}")
 
-    def close(self) -> None:
+    def release(self) -> None:
+        """Write the closing record (called once by nodes.base.spin on shutdown)."""
         self.recorder.run("end", system={"recorded": dict(self.recorder.counts)})
         self.recorder.close()
 
 
 def main(args=None) -> None:
     rclpy.init(args=args)
-    node = RecorderNode()
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.close()
-        executor.shutdown(timeout_sec=1.0)
-        node.destroy_node()
-        rclpy.try_shutdown()
+    spin([RecorderNode()], num_threads=1)
 
 
 if __name__ == "__main__":

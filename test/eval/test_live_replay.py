@@ -160,7 +160,7 @@ def test_recorder_node_records_a_graph(tmp_path):
                  "the answer to be recorded", spin=lambda s: executor.spin_once(timeout_sec=s))
         wait_for(lambda: recorder.recorder.counts["chunk"] == recorder.recorder.counts["query"] == 1,
                  10, "the chunk and the query", spin=lambda s: executor.spin_once(timeout_sec=s))
-        recorder.close()
+        recorder.release()
         executor.shutdown()
         sender.destroy_node()
         recorder.destroy_node()
