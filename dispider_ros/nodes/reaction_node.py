@@ -159,7 +159,7 @@ class ReactionNode(DispiderNode):
             return
         self.final_pub.publish(message)
         if event.error:
-            self.health.fault("generation", f"response {event.response_id}: {event.error}")
+            self.health.fault(_fault_kind(event), f"response {event.response_id}: {event.error}")
         mirror = f"[{event.query_id}] {event.text}" + (f" (error: {event.error})" if event.error else "")
         self.text_pub.publish(String(data=mirror))
 
@@ -171,6 +171,16 @@ class ReactionNode(DispiderNode):
         if engine is not None:
             values.update(engine.stats())
         return values
+
+
+def _fault_kind(event: ResponseEvent) -> str:
+    """Diagnostics counter of an error final: a queue outcome is not a model fault."""
+    if event.extras.get("stop_reason") != "not_started":
+        return "generation"
+    for prefix, kind in (("dropped", "trigger_dropped"), ("superseded", "trigger_superseded")):
+        if event.error.startswith(prefix):
+            return kind
+    return "trigger_not_started"
 
 
 def main(args=None):
