@@ -54,6 +54,7 @@ class ReactionNode(DispiderNode):
         self.cameras: Optional[CameraInput] = None
         self.trigger_sub = None
         self.final_pub = self.stream_pub = self.text_pub = None
+        self.memory_clears = 0  # camera-time jumps back that emptied the memory
 
     def configure_core(self, settings: Dict[str, Any]) -> None:
         vlm = ReactionVLMConfig(
@@ -141,6 +142,7 @@ class ReactionNode(DispiderNode):
             f"{camera_id}: camera time jumped back {last:.3f} -> {stamp:.3f} s (bag loop or "
             "sim-time reset): memory cleared")
         self.engine.memory.clear()
+        self.memory_clears += 1
 
     def _on_trigger(self, msg: Trigger) -> None:
         engine = self.engine
@@ -164,7 +166,8 @@ class ReactionNode(DispiderNode):
         self.text_pub.publish(String(data=mirror))
 
     def status_values(self) -> Dict[str, Any]:
-        values: Dict[str, Any] = {"model": self.resolved.get("model", "")}
+        values: Dict[str, Any] = {"model": self.resolved.get("model", ""),
+                                  "memory_clears": self.memory_clears}
         engine, cameras = self.engine, self.cameras
         if cameras is not None:
             values.update(cameras.stats())
