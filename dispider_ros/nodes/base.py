@@ -112,6 +112,7 @@ class DispiderNode(LifecycleNode):
                 self.configure_core(self.settings)
         except Exception as error:  # any load failure: stay unconfigured, say why
             self.get_logger().error(f"configure failed: {type(error).__name__}: {error}")
+            self.health.faults["configure_failed"] += 1  # on /diagnostics; logged just above
             self._safe_cleanup()
             return TransitionCallbackReturn.FAILURE
         self.state_label = "inactive"
