@@ -25,7 +25,8 @@ def common_arguments() -> List:
                               description="follow /clock (rosbag replay)"),
         DeclareLaunchArgument("log_level", default_value="info", description="ROS log level"),
         DeclareLaunchArgument("enclave", default_value="",
-                              description="SROS2 enclave for the nodes (empty = no --enclave)"),
+                              description="SROS2 enclave for the nodes: sets ROS_SECURITY_ENCLAVE_OVERRIDE "
+                                          "(empty = leave the environment unchanged)"),
     ] + [
         DeclareLaunchArgument(f"{name.split('_')[0]}_device", default_value="",
                               description=f"torch device of {name} (cpu, cuda:0 ...); empty = preset")
@@ -52,19 +53,30 @@ def lifecycle_node(name: str):
         ros_arguments=["--log-level", LaunchConfiguration("log_level")])
 
 
-def describe(names=NODES):
-    from launch import LaunchDescription
+def enclave_override():
+    """SROS2: ROS_SECURITY_* from the caller's environment pass through unchanged; a
+    non-empty enclave argument selects the nodes' enclave (compared as a string, not eval'd)."""
     from launch.actions import SetEnvironmentVariable
     from launch.conditions import IfCondition
-    from launch.substitutions import LaunchConfiguration, PythonExpression
+    from launch.substitutions import LaunchConfiguration
 
-    enclave_set = PythonExpression(["'", LaunchConfiguration("enclave"), "' != ''"])
-    return LaunchDescription(common_arguments() + [
-        # SROS2: ROS_SECURITY_* from the caller's environment pass through unchanged; an
-        # enclave argument selects the nodes' enclave.
-        SetEnvironmentVariable("ROS_SECURITY_ENCLAVE_OVERRIDE", LaunchConfiguration("enclave"),
-                               condition=IfCondition(enclave_set)),
-    ] + [lifecycle_node(name) for name in names])
+    try:  # Iron and later
+        from launch.substitutions import NotEqualsSubstitution
+
+        condition = IfCondition(NotEqualsSubstitution(LaunchConfiguration("enclave"), ""))
+    except ImportError:  # Humble
+        from launch.conditions import LaunchConfigurationNotEquals
+
+        condition = LaunchConfigurationNotEquals("enclave", "")
+    return SetEnvironmentVariable("ROS_SECURITY_ENCLAVE_OVERRIDE",
+                                  LaunchConfiguration("enclave"), condition=condition)
+
+
+def describe(names=NODES):
+    from launch import LaunchDescription
+
+    return LaunchDescription(common_arguments() + [enclave_override()]
+                             + [lifecycle_node(name) for name in names])
 
 
 
@@ -74,8 +86,10 @@ def single_process():
     from launch_ros.actions import Node
     from launch_ros.parameter_descriptions import ParameterValue
 
-    return LaunchDescription(common_arguments() + [Node(
-        package="dispider_ros", executable="dispider_graph", name="dispider_graph",
+    return LaunchDescription(common_arguments() + [enclave_override(), Node(
+        # No `name=`: launch_ros turns it into `-r __node:=...`, which renames every node in
+        # the process (three nodes called dispider_graph, per-node YAML keys never match).
+        package="dispider_ros", executable="dispider_graph",
         namespace=LaunchConfiguration("namespace"), output="screen",
         parameters=[LaunchConfiguration("params_file"), {
             "preset": LaunchConfiguration("preset"),
