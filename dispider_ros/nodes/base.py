@@ -22,6 +22,12 @@ from dispider_ros.nodes.params import Param, declare, split_changes, values
 RELIABLE = QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=50,
                       reliability=QoSReliabilityPolicy.RELIABLE,
                       durability=QoSDurabilityPolicy.VOLATILE)
+# Query and trigger inputs: a storm must reach the core, which sheds load with an answer per
+# item (rate limit, bounded reaction queue); a 50-deep reader history silently overwrote
+# triggers whenever the executor stalled for a quarter of a second under a burst.
+RELIABLE_INPUT = QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=1000,
+                            reliability=QoSReliabilityPolicy.RELIABLE,
+                            durability=QoSDurabilityPolicy.VOLATILE)
 # Cameras: best effort, depth 1 (latest frame only); overridable for bag replay.
 SENSOR = QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=1,
                     reliability=qos_profile_sensor_data.reliability,

@@ -12,7 +12,7 @@ from dispider_ros.core.types import TriggerEvent
 from dispider_ros.models.activation import ActivationHead
 from dispider_ros.models.vision import VisionEncoder, VisionEncoderConfig
 from dispider_ros.msg import FrameFeature, Query, Response, Trigger
-from dispider_ros.nodes.base import RELIABLE, DispiderNode, run
+from dispider_ros.nodes.base import RELIABLE, RELIABLE_INPUT, DispiderNode, run
 from dispider_ros.nodes.convert import (feature_from_msg, header, query_from_msg, to_sec,
                                         trigger_to_msg)
 from dispider_ros.nodes.params import Param, common_params
@@ -74,9 +74,9 @@ class DecisionNode(DispiderNode):
         self.inputs = [
             self.create_subscription(FrameFeature, "features", self._on_feature, RELIABLE,
                                      callback_group=self.input_group),
-            self.create_subscription(Query, "query", self._on_query, RELIABLE,
+            self.create_subscription(Query, "query", self._on_query, RELIABLE_INPUT,
                                      callback_group=group),
-            self.create_subscription(String, "query_text", self._on_query_text, RELIABLE,
+            self.create_subscription(String, "query_text", self._on_query_text, RELIABLE_INPUT,
                                      callback_group=group),
         ]
 

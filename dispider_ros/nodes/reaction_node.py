@@ -12,7 +12,7 @@ from dispider_ros.core.sampler import FrameSampler, RejectedFrame, SamplerConfig
 from dispider_ros.core.types import ResponseEvent
 from dispider_ros.models.vlm import ReactionVLMConfig
 from dispider_ros.msg import Response, Trigger
-from dispider_ros.nodes.base import RELIABLE, DispiderNode, run
+from dispider_ros.nodes.base import RELIABLE, RELIABLE_INPUT, DispiderNode, run
 from dispider_ros.nodes.camera_input import CameraFrame, CameraInput
 from dispider_ros.nodes.convert import response_to_msg, trigger_from_msg
 from dispider_ros.nodes.params import Param, common_params
@@ -82,7 +82,7 @@ class ReactionNode(DispiderNode):
                                    self.settings["max_image_pixels"])
         self.cameras.start()
         self.trigger_sub = self.create_subscription(Trigger, "trigger", self._on_trigger,
-                                                    RELIABLE, callback_group=self.control_group)
+                                                    RELIABLE_INPUT, callback_group=self.control_group)
 
     def deactivate_io(self) -> None:
         if self.trigger_sub is not None:
