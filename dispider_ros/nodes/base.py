@@ -115,6 +115,10 @@ class DispiderNode(LifecycleNode):
                 self.resolved = self.resolve_models(self.settings)
                 if self.settings["torch_threads"]:
                     torch.set_num_threads(self.settings["torch_threads"])
+                if self.settings.get("trust_remote_code"):  # on /rosout too, not only stderr
+                    self.get_logger().warning(
+                        f"trust_remote_code is ON: code shipped with {self.resolved['model']} "
+                        "will run in this process; turn it off unless you trust that checkpoint")
                 self.configure_core(self.settings)
         except Exception as error:  # any load failure: stay unconfigured, say why
             self.get_logger().error(f"configure failed: {type(error).__name__}: {error}")
