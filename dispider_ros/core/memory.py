@@ -26,8 +26,11 @@ How compression runs here (incremental, O(new tokens) amortised):
   protected frames remain and they alone exceed the budget, the buffer stays over budget
   and warns once (raise `max_tokens` or lower `protected_frames`).
 
-Token count = visual tokens of every frame + the token counts given for dialogue turns
-(prompt template tokens around them are not counted).
+Token count = visual tokens of every frame + `frame_overhead_tokens` per frame (the text a
+prompt puts around each frame: its label and start/end markers) + the token counts given for
+dialogue turns. The overhead matters: a frame pooled down to one visual token still costs its
+label, so without it a full buffer of 1-token frames made a 4096-token budget a 34,000-token
+prompt (attention memory grows with its square).
 """
 from __future__ import annotations
 
@@ -123,12 +126,15 @@ class MemoryConfig:
         pool_stride: adjacent tokens averaged into one per pooling step, >= 2.
         protected_frames: newest frames per camera that are never pooled or dropped, >= 0.
         target_ratio: compress down to target_ratio * max_tokens once over budget, in (0, 1].
+        frame_overhead_tokens: prompt tokens each frame costs besides its visual tokens, >= 0;
+            None = 0 for a bare buffer (ReactionEngine measures it with its model's tokenizer).
     """
 
     max_tokens: int = 8192
     pool_stride: int = 2
     protected_frames: int = 4
     target_ratio: float = 1.0
+    frame_overhead_tokens: Optional[int] = None
 
     def __post_init__(self):
         for name, low in (("max_tokens", 1), ("pool_stride", 2), ("protected_frames", 0)):
@@ -137,6 +143,10 @@ class MemoryConfig:
                 raise ValueError(f"{name} {value!r} must be an int >= {low}")
         if not (0.0 < self.target_ratio <= 1.0):  # also rejects NaN
             raise ValueError(f"target_ratio {self.target_ratio!r} must be in (0, 1]")
+        overhead = self.frame_overhead_tokens
+        if overhead is not None and (not isinstance(overhead, int) or isinstance(overhead, bool)
+                                     or overhead < 0):
+            raise ValueError(f"frame_overhead_tokens {overhead!r} must be None or an int >= 0")
 
 
 def pool_frame(frame: FrameTokens, stride: int) -> FrameTokens:
@@ -208,7 +218,7 @@ class MemoryBuffer:
             frame = dataclasses.replace(frame, key=self._new_key())
             self._insert(frame)
             self._protect(frame)
-            self._tokens += frame.n_tokens
+            self._tokens += frame.n_tokens + self._overhead
             self.counts["frames_added"] += 1
             latest = self._latest_stamp.get(frame.camera_id, float("-inf"))
             self._latest_stamp[frame.camera_id] = max(latest, frame.stamp)
@@ -300,6 +310,10 @@ class MemoryBuffer:
                         max_level=max((f.level for f in frames), default=0))
 
     # ---- internals (called with the lock held) -----------------------------------------
+    @property
+    def _overhead(self) -> int:
+        return self.config.frame_overhead_tokens or 0
+
     def _new_key(self) -> int:
         self._next_key += 1
         return self._next_key
@@ -377,7 +391,7 @@ class MemoryBuffer:
             item = self._items[i]
             if isinstance(item, FrameTokens) and item.key in self._protected_keys:
                 continue
-            self._tokens -= item.n_tokens
+            self._tokens -= item.n_tokens + (self._overhead if isinstance(item, FrameTokens) else 0)
             kind = "frames_dropped" if isinstance(item, FrameTokens) else "turns_dropped"
             self.counts[kind] += 1
             if kind == "frames_dropped" and self.counts[kind] == 1:

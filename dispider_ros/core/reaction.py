@@ -35,6 +35,7 @@ own ttft, prefill and reused prompt tokens, tokens/s).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
@@ -132,7 +133,10 @@ class ReactionEngine:
         self.on_response = on_response
         self._owns_vlm = vlm is None
         self.vlm: ReactionVLM = vlm if vlm is not None else load_reaction_vlm(config.vlm)
-        self.memory = MemoryBuffer(config.memory)
+        memory = config.memory
+        if memory.frame_overhead_tokens is None:  # the budget must bound the whole prompt
+            memory = dataclasses.replace(memory, frame_overhead_tokens=self._frame_overhead_tokens())
+        self.memory = MemoryBuffer(memory)
         self._cond = threading.Condition()
         self._queue: Deque[_Job] = deque()
         self._current: Optional[_Job] = None
@@ -144,6 +148,14 @@ class ReactionEngine:
                       "prompt_tokens": 0, "reused_tokens": 0}
         self._worker = threading.Thread(target=self._run, name="reaction-worker", daemon=True)
         self._worker.start()
+
+    def _frame_overhead_tokens(self) -> int:
+        """Prompt tokens a frame costs besides its visual tokens: its label (measured for a
+        typical camera topic) plus a start and an end marker, as every supported layout has."""
+        template = getattr(self.vlm.config, "frame_label", "")
+        label = template.format(camera_id="/camera/color/image_raw", stamp=1.0e6, frame_index=0) \
+            if template else ""
+        return (self.vlm.count_tokens(label) if label else 0) + 2
 
     # ---- perception side -----------------------------------------------------------------
     def ingest(self, frame: Frame) -> FrameTokens:

@@ -30,8 +30,9 @@ PARAMS = common_params("vlm_model", "video-LLM answering triggers (Qwen2-VL / Qw
     Param("prompt_cameras", "all", "frames in the prompt: all cameras, or only the "
           "trigger's camera ('trigger')", static=True),
     Param("sample_fps", 2.0, "frames per second of camera time put into memory", 0.05, 120.0),
-    Param("max_tokens", 4096, "memory budget in tokens; round-decayed compression keeps "
-          "the buffer under it", 64, 10_000_000),
+    Param("max_tokens", 4096, "memory budget in prompt tokens (visual tokens, each frame's "
+          "label and markers, dialogue); round-decayed compression keeps the buffer under it",
+          64, 10_000_000),
     Param("protected_frames", 4, "newest frames per camera never compressed", 0, 10000,
           static=True),
     Param("max_new_tokens", 48, "answer length limit in tokens", 1, 8192),
