@@ -181,3 +181,24 @@ def test_real_cuda_out_of_memory_is_answered_with_an_error_and_the_engine_recove
         torch.cuda.set_per_process_memory_fraction(1.0, 0)
         engine.close()
         model.close()
+
+
+def test_the_memory_budget_bounds_the_whole_prompt_over_a_long_stream(vlm):
+    """Regression (found by the soak): pooled frames still cost their labels, so 1-token frames
+    piled up until a 4096-token budget meant a 34,000-token prompt and gigabytes of attention."""
+    sink = Sink()
+    engine = ReactionEngine(ReactionConfig(memory=MemoryConfig(max_tokens=512), evidence_wait_sec=0.0),
+                            sink, vlm=vlm)
+    try:
+        for i in range(600):
+            engine.ingest(Frame("/camera/color/image_raw", 1000.0 + 0.5 * i, i, IMAGE))
+            if i % 200 == 199:
+                engine.submit(trigger(f"long-{i}", stamp=1000.0 + 0.5 * i))
+                assert engine.wait_idle(WAIT)
+        prompts = [e.extras["prompt_tokens"] for e in sink.finals()]
+        assert len(prompts) == 3 and all(e.error == "" for e in sink.finals())
+        question_and_header = 64  # system message, question, assistant header: outside the budget
+        assert max(prompts) <= 512 + question_and_header, prompts
+        assert engine.memory.token_count() <= 512
+    finally:
+        engine.close()
