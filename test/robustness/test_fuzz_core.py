@@ -5,6 +5,7 @@ Sampler (RejectedFrame.reason), query registry (QueryRejected.reason), decision 
 operations mixing good and bad inputs, with invariants checked after every step.
 """
 import math
+import zlib
 
 import numpy as np
 import pytest
@@ -192,7 +193,7 @@ def text_encoder(texts):
     """Deterministic stand-in for a text tower: a unit vector seeded by the text."""
     out = []
     for text in texts:
-        rng = np.random.default_rng(abs(hash(text)) % (2 ** 32))
+        rng = np.random.default_rng(zlib.crc32(text.encode("utf-8", "surrogatepass")))
         vector = rng.standard_normal(D)
         out.append(vector / np.linalg.norm(vector))
     return np.asarray(out, np.float32)
