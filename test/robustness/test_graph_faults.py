@@ -386,6 +386,7 @@ def test_query_length_and_rate_limits_answer_with_an_error(graph):
         queries.publish(Query(query_id=f"rate-{n}", cancel=True))
     (result,) = client.set_params("decision_node", {"max_queries_per_sec": 5.0})
     assert result.successful
+    time.sleep(1.0)  # one second of sim time refills the bucket for the next tests' questions
 
 
 # ---- 3. a model that fails mid-generation -------------------------------------------------------------
