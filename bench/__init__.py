@@ -1,0 +1,1 @@
+"""Benchmark suite of the performance bars (ARCHITECTURE.md section 5); run with `python -m bench`."""

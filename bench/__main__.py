@@ -1,0 +1,186 @@
+"""Run the benchmark suite: `python -m bench --quick` (< 60 s) or `python -m bench` (< 10 min).
+
+Prints a table (each figure beside its baseline, target met/missed), writes
+bench/results/{quick,full}.json and the figures (bench/results/p4_bounded_cost.png,
+p3_ttft.png; `_quick` suffix for the quick run). See bench/README.md.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+from bench.common import REPO, RESULTS
+
+
+def _env() -> None:
+    os.environ.setdefault("DISPIDER_CACHE", str(REPO / "build" / "bench-cache"))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def _clean(value):
+    """JSON-safe: NaN/inf -> None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short windows, few repeats (< 60 s)")
+    parser.add_argument("--out", type=Path, default=None, help="results JSON (default bench/results/)")
+    parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SEC",
+                        help="first wait up to SEC seconds for a 1-minute load average < 0.5")
+    parser.add_argument("--only", default="", help="comma list of sections: p1,p3,p4,p5,p6 (p1 runs P2 too)")
+    args = parser.parse_args(argv)
+    _env()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    from bench import bounded, models, nonblocking, overhead, replay_speed, report, ttft
+    from bench.common import (SINGLE_SHOT_CLIPS, distinct_frames, footage, load_average, machine,
+                              set_threads, wait_quiet)
+    from dispider_ros.models.vision import VisionEncoder, VisionEncoderConfig
+    from dispider_ros.models.vlm import ReactionVLMConfig, load_reaction_vlm
+
+    mode = "quick" if args.quick else "full"
+    out_path = args.out or RESULTS / f"{mode}.json"
+    suffix = "_quick" if args.quick else ""
+    only = {s.strip() for s in args.only.split(",") if s.strip()}
+    want = (lambda s: not only or s in only)
+    if args.wait_quiet > 0:
+        wait_quiet(args.wait_quiet)
+    started = time.perf_counter()
+    set_threads(1)
+    threads = {"torch.set_num_threads": 1, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+               "perception loop": 1, "reaction worker": 1, "P4 arm processes": 1,
+               "note": "2 cores: perception and reaction each get one; 2 intra-op threads per "
+                       "worker would oversubscribe (see ENVIRONMENT.md)"}
+    info = machine(threads)
+    print(f"bench ({mode}) on {info['cpu']}, {info['cores']} cores, torch {info['torch']}, "
+          f"transformers {info['transformers']}, load average {info['load_average_start']}", flush=True)
+    paths = {name: models.model_path(name) for name in ("siglip", "qwen2_vl")}
+    encoder = VisionEncoder(VisionEncoderConfig(model=paths["siglip"]))
+    vlm = load_reaction_vlm(ReactionVLMConfig(model=paths["qwen2_vl"], kv_reuse=True,
+                                              max_new_tokens=1, min_new_tokens=1))
+    print(f"models ready in {time.perf_counter() - started:.1f} s ({paths['qwen2_vl']})", flush=True)
+    frames = distinct_frames(260)
+    results: dict = {"mode": mode, "machine": info, "scale": models.describe(), "sections": {}}
+    section_sec = {}
+
+    def section(name, fn):
+        t0 = time.perf_counter()
+        print(f"[{name}]", flush=True)
+        value = fn()
+        section_sec[name] = round(time.perf_counter() - t0, 1)
+        results["sections"][name] = value
+        return value
+
+    if want("p5"):
+        section("p5_overhead", lambda: overhead.run(encoder, vlm, frames, args.quick))
+    if want("p3"):
+        vlm.config = dataclasses.replace(vlm.config, max_new_tokens=1, min_new_tokens=1)
+        sizes = (64, 256) if args.quick else (16, 64, 256)
+        section("p3_ttft", lambda: ttft.run(vlm, frames, args.quick, sizes=sizes))
+    if want("p1"):
+        answer = 256
+        vlm.config = dataclasses.replace(vlm.config, max_new_tokens=answer, min_new_tokens=answer)
+        stream = footage(clips=SINGLE_SHOT_CLIPS)
+        section("p1_p2_nonblocking", lambda: dict(nonblocking.run(encoder, vlm, stream, args.quick),
+                                                  footage=stream.source))
+    del frames
+    if want("p4"):
+        section("p4_bounded", lambda: bounded.run(args.quick))
+    if want("p6"):
+        section("p6_replay", lambda: replay_speed.run(args.quick, bench_models=paths))
+
+    s = results["sections"]
+    baselines = {}
+    if "p1_p2_nonblocking" in s:
+        p1 = s["p1_p2_nonblocking"]
+        results["p1_ratio"] = p1["ours"]["ratio"]
+        results["p1_baseline_ratio"] = p1["sequential"]["ratio"]
+        results["p2_p95_over_period"] = p1["ours"]["trigger_latency_p95_over_period"]
+        results["p2_p50_over_period"] = p1["ours"]["trigger_latency_p50_over_period"]
+        results["p2_event_p95_over_period"] = p1["ours"]["event_latency_p95_over_period"]
+        results["p2_baseline_event_p95_over_period"] = p1["sequential"]["event_latency_p95_over_period"]
+        results["p1_decode_tokens_per_sec"] = p1["ours"]["decode_tokens_per_sec"]
+        results["p1_baseline_decode_tokens_per_sec"] = p1["sequential"]["decode_tokens_per_sec"]
+        baselines["p1_ratio"] = f"sequential {p1['sequential']['ratio']:.2f}"
+        baselines["p2_p95_over_period"] = (
+            f"sequential: {p1['sequential']['trigger_latency_p95_over_period']:.2f}; cut->trigger p95 "
+            f"{p1['ours']['event_latency_p95_over_period']:.2f} vs {p1['sequential']['event_latency_p95_over_period']:.2f}")
+    if "p3_ttft" in s:
+        rows = s["p3_ttft"]["frames"]
+        for n in ("64", "256"):
+            results[f"p3_ratio_{n}"] = rows[n]["ratio_kv_reuse"]
+            results[f"p3_ratio_{n}_no_kv"] = rows[n]["ratio_no_kv_reuse"]
+            base = f"re-encode {rows[n]['ttft_ms_reencode']:.0f} ms"
+            baselines[f"p3_ratio_{n}"] = f"{base} vs {rows[n]['ttft_ms_kv_reuse']:.0f} ms"
+            baselines[f"p3_ratio_{n}_no_kv"] = f"{base} vs {rows[n]['ttft_ms_no_kv_reuse']:.0f} ms"
+        if "16" in rows:
+            results["p3_ratio_16"] = rows["16"]["ratio_kv_reuse"]
+    if "p4_bounded" in s:
+        p4 = s["p4_bounded"]
+        results["p4_latency_growth"] = p4["latency_growth"]
+        results["p4_rss_growth"] = p4["rss_growth"]
+        results["p4_prompt_growth"] = p4["prompt_growth"]
+        results["p4_peak_rss_growth"] = p4["peak_rss_growth"]
+        unc = p4["uncompressed_latency_growth_measured"]
+        prompt = (f"prompt {p4['prompt_growth'] + 1:.1f}x vs no compression "
+                  f"{p4['uncompressed_prompt_growth'] + 1:.0f}x")
+        baselines["p4_latency_growth"] = prompt + (
+            f"; no compression latency {100 * unc['growth']:+.0f} % by {unc['to_frames']} frames, "
+            "then over the cap" if unc else "; no compression latency: not run (quick) / over the cap")
+        if p4["uncompressed_rss_growth"] is not None:
+            baselines["p4_rss_growth"] = f"no compression: {100 * p4['uncompressed_rss_growth']:+.0f} %"
+        report.plot_bounded(p4, RESULTS / f"p4_bounded_cost{suffix}.png")
+    if "p5_overhead" in s:
+        conv = s["p5_overhead"]["conversion"]
+        results["p5_convert_ms"] = conv["rgb8"]["to_model_tensor_ms_p50"]
+        results["p5_overhead"] = s["p5_overhead"]["pipeline"]["overhead"]
+        results["p5_convert_ms_bgr8"] = conv["bgr8"]["to_model_tensor_ms_p50"]
+        results["p5_convert_ms_jpeg"] = conv["jpeg"]["to_model_tensor_ms_p50"]
+        ros = conv.get("rgb8 sensor_msgs.msg.Image")
+        baselines["p5_convert_ms"] = (f"sensor_msgs.msg.Image rgb8 {ros['to_model_tensor_ms_p50']:.2f} ms; "
+                                      if ros else "") + f"jpeg {conv['jpeg']['to_model_tensor_ms_p50']:.2f} ms"
+        baselines["p5_convert_ms_bgr8"] = f"to RGB view {conv['bgr8']['to_rgb_ms_p50']:.3f} ms"
+        pipe = s["p5_overhead"]["pipeline"]
+        baselines["p5_overhead"] = f"{pipe['pipeline_ms_p50']:.1f} vs {pipe['forward_ms_p50']:.1f} ms"
+    if "p6_replay" in s:
+        results["p6_speed_factor"] = s["p6_replay"]["tiny"]["speed_factor"]
+        extra = s["p6_replay"].get("bench_scale")
+        baselines["p6_speed_factor"] = "real time = 1.0" + (
+            f"; bench-scale models {extra['speed_factor']:.1f}x" if extra else "")
+    if "p3_ttft" in s:
+        report.plot_ttft(s["p3_ttft"], RESULTS / f"p3_ttft{suffix}.png")
+    results["baselines"] = baselines
+    results["verdicts"] = report.verdicts(results)
+    results["section_seconds"] = section_sec
+    results["run_seconds"] = round(time.perf_counter() - started, 1)
+    results["machine"]["load_average_end"] = [round(x, 2) for x in load_average()]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    ordered = {k: results[k] for k in sorted(results, key=lambda k: (not k.startswith("p"), k))}
+    out_path.write_text(json.dumps(_clean(ordered), indent=1) + "\n")
+    print()
+    print(report.table(results))
+    print(f"\n{mode} run: {results['run_seconds']:.1f} s (sections {section_sec}); load average "
+          f"{info['load_average_start']} -> {results['machine']['load_average_end']}; wrote {out_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""Bench-scale random-weight models of the real families (SigLIP, Qwen2-VL), built locally.
+
+Bigger than the tiny test models, smaller than the real checkpoints: the shapes keep the
+real families' proportions (head_dim 64 in the language model, GQA with fewer KV heads, an
+MLP ~5.5x wide, a patch-14 ViT with a 2x2 merger into the text width, a vision tower of
+~0.4x the language model's parameters as in Qwen2-VL-2B; a SigLIP ViT-B/16 layout at 224
+pixels) but fit two CPU cores. Each folder is written once with `save_pretrained` under
+`<cache>/bench/<name>-v<BUILD_VERSION>` and loaded through the same `from_pretrained` path
+a real checkpoint takes (`VisionEncoder`, `load_reaction_vlm`), with local_files_only.
+
+| role | real reference | bench scale |
+|---|---|---|
+| SigLIP vision | base-patch16-224: 768 wide, 12 layers, 12 heads, MLP 3072, 196 patches | 256 wide, 6 layers, 4 heads, MLP 1024, 224 px / patch 16 = 196 patches |
+| SigLIP text | 768 wide, 12 layers, 64 tokens | 256 wide, 4 layers, 16 tokens |
+| Qwen2-VL text | 2B: 1536 wide, 28 layers, 12 heads / 2 KV, MLP 8960, vocab 151k | 256 wide, 4 layers, 4 heads / 2 KV (head_dim 64), MLP 1408, vocab 4096 (a ~400-token BPE; the rest never decoded) |
+| Qwen2-VL vision | 1280 wide, 32 blocks, 16 heads, patch 14, merge 2x2 | 128 wide, 8 blocks, 4 heads, patch 14, merge 2x2 |
+| frame size | up to 12.8 Mpx (video: ~0.1-0.4 Mpx/frame) | max_pixels 140*168: 640x480 -> 112x168 px -> 24 visual tokens |
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from dispider_ros.models import tiny
+
+LOG = logging.getLogger(__name__)
+
+BUILD_VERSION = "1"  # bump when a scale below changes so stale folders are rebuilt
+SEED = 4321
+INIT_RANGE = 0.02  # the real checkpoints' initializer_range: realistic activation scales
+
+
+@dataclass(frozen=True)
+class QwenScale:
+    text_hidden: int = 256
+    text_layers: int = 4
+    text_heads: int = 4
+    text_kv_heads: int = 2
+    text_intermediate: int = 1408
+    vocab_size: int = 4096
+    vision_embed: int = 128
+    vision_depth: int = 8
+    vision_heads: int = 4
+    vision_mlp_ratio: int = 4
+    patch_size: int = 14
+    merge: int = 2
+    min_pixels: int = 56 * 56
+    max_pixels: int = 140 * 168
+
+
+@dataclass(frozen=True)
+class SiglipScale:
+    hidden: int = 256
+    layers: int = 6
+    heads: int = 4
+    intermediate: int = 1024
+    image_size: int = 224
+    patch_size: int = 16
+    text_layers: int = 4
+    text_length: int = 16
+
+
+QWEN = QwenScale()
+SIGLIP = SiglipScale()
+
+
+def bench_root() -> Path:
+    return tiny.cache_root().parent / "bench"
+
+
+def describe() -> dict:
+    """The scale of both models, for the results JSON."""
+    return {"qwen2_vl": asdict(QWEN), "siglip": asdict(SIGLIP), "build_version": BUILD_VERSION,
+            "weights": f"random, seed {SEED}, initializer_range {INIT_RANGE}",
+            "dtype": "float32"}
+
+
+def _build_qwen2_vl(folder: Path) -> None:
+    from transformers import (AutoModelForImageTextToText, Qwen2VLConfig, Qwen2VLImageProcessor,
+                              Qwen2VLProcessor)
+
+    from dispider_ros.models import tiny_qwen2_vl as tq
+    from dispider_ros.models.vlm import no_video_processor
+
+    s = QWEN
+    tokenizer = tq.build_tokenizer()
+    ids = {name: tokenizer.convert_tokens_to_ids(name) for name in tq.SPECIAL_TOKENS}
+    head_dim = s.text_hidden // s.text_heads
+    # M-RoPE: head_dim/2 rotary frequencies split (temporal, height, width) like Qwen2-VL's
+    # (16, 24, 24) of 64.
+    quarter = head_dim // 2 // 4
+    text_config = dict(
+        vocab_size=max(s.vocab_size, len(tokenizer)), hidden_size=s.text_hidden,
+        intermediate_size=s.text_intermediate, num_hidden_layers=s.text_layers,
+        num_attention_heads=s.text_heads, num_key_value_heads=s.text_kv_heads,
+        max_position_embeddings=32768, rope_theta=1_000_000.0,
+        rope_scaling={"type": "mrope", "mrope_section": [quarter, (head_dim // 2 - quarter) // 2,
+                                                         (head_dim // 2 - quarter) // 2]},
+        bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"], tie_word_embeddings=True, initializer_range=INIT_RANGE)
+    vision_config = dict(depth=s.vision_depth, embed_dim=s.vision_embed, hidden_size=s.text_hidden,
+                         num_heads=s.vision_heads, mlp_ratio=s.vision_mlp_ratio,
+                         patch_size=s.patch_size, spatial_merge_size=s.merge,
+                         temporal_patch_size=2, initializer_range=INIT_RANGE)
+    config = Qwen2VLConfig(
+        text_config=text_config, vision_config=vision_config,
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=True, initializer_range=INIT_RANGE)
+    torch.manual_seed(SEED)
+    model = AutoModelForImageTextToText.from_config(config).eval()
+    with torch.no_grad():
+        # Token ids the tokenizer cannot decode are never chosen (they only give the output
+        # layer the width a real vocabulary has).
+        model.get_input_embeddings().weight[len(tokenizer):] = 0.0
+    model.generation_config.eos_token_id = config.text_config.eos_token_id
+    model.generation_config.pad_token_id = config.text_config.pad_token_id
+    model.save_pretrained(folder, safe_serialization=True)
+    image_processor = Qwen2VLImageProcessor(min_pixels=s.min_pixels, max_pixels=s.max_pixels)
+    processor = Qwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                 video_processor=no_video_processor(), chat_template=tq.CHAT_TEMPLATE)
+    processor.save_pretrained(folder)
+    video = tq._video_processor_dict()
+    video.update(size={"shortest_edge": s.min_pixels, "longest_edge": s.max_pixels},
+                 min_pixels=s.min_pixels, max_pixels=s.max_pixels)
+    (folder / "video_preprocessor_config.json").write_text(json.dumps(video, indent=2))
+
+
+def _build_siglip(folder: Path) -> None:
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor
+
+    from dispider_ros.models import tiny_siglip as ts
+
+    s = SIGLIP
+    tokenizer = ts.build_tokenizer()
+    tokenizer.model_max_length = s.text_length
+    text_config = dict(
+        vocab_size=len(tokenizer), hidden_size=s.hidden, intermediate_size=s.intermediate,
+        num_hidden_layers=s.text_layers, num_attention_heads=s.heads,
+        max_position_embeddings=s.text_length, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
+        projection_size=s.hidden)
+    vision_config = dict(hidden_size=s.hidden, intermediate_size=s.intermediate,
+                         num_hidden_layers=s.layers, num_attention_heads=s.heads,
+                         image_size=s.image_size, patch_size=s.patch_size)
+    torch.manual_seed(SEED)
+    model = SiglipModel(SiglipConfig(text_config=text_config, vision_config=vision_config)).eval()
+    with torch.no_grad():
+        model.logit_scale.fill_(float(torch.log(torch.tensor(20.0))))
+        model.logit_bias.fill_(-10.0)
+    model.save_pretrained(folder, safe_serialization=True)
+    image_processor = SiglipImageProcessor(size={"height": s.image_size, "width": s.image_size})
+    SiglipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
+
+
+BUILDERS = {"qwen2_vl": _build_qwen2_vl, "siglip": _build_siglip}
+
+
+def model_path(name: str) -> str:
+    """Folder of the bench-scale model `name` ("qwen2_vl" or "siglip"), built on first use."""
+    if name not in BUILDERS:
+        raise ValueError(f"unknown bench model {name!r}; known: {sorted(BUILDERS)}")
+    folder = bench_root() / f"{name}-v{BUILD_VERSION}"
+    if (folder / "config.json").is_file():
+        return str(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder.parent))
+    try:
+        LOG.info("building bench-scale %s into %s", name, folder)
+        BUILDERS[name](staging)
+        try:
+            staging.rename(folder)
+        except OSError:  # another process built it first
+            if not (folder / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return str(folder)

@@ -1,0 +1,127 @@
+"""The results table (targets met/missed) and the figures."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import List
+
+# key -> (label, target text, test, unit)
+TARGETS = {
+    "p1_ratio": ("P1 sampled-frame rate while decoding / idle", ">= 0.90", lambda v: v >= 0.90, "x"),
+    "p2_p95_over_period": ("P2 trigger latency p95 after evidence / period", "<= 1.0", lambda v: v <= 1.0, "x"),
+    "p3_ratio_64": ("P3 TTFT re-encode / on-arrival+KV @64", ">= 3", lambda v: v >= 3.0, "x"),
+    "p3_ratio_256": ("P3 TTFT re-encode / on-arrival+KV @256", ">= 5", lambda v: v >= 5.0, "x"),
+    "p3_ratio_64_no_kv": ("P3 TTFT re-encode / on-arrival no KV @64", ">= 3", lambda v: v >= 3.0, "x"),
+    "p3_ratio_256_no_kv": ("P3 TTFT re-encode / on-arrival no KV @256", ">= 5", lambda v: v >= 5.0, "x"),
+    "p4_latency_growth": ("P4 trigger latency growth 100 -> 10k frames", "<= 10 %", lambda v: v <= 0.10, "%"),
+    "p4_rss_growth": ("P4 RSS growth 100 -> 10k frames", "<= 10 %", lambda v: v <= 0.10, "%"),
+    "p5_convert_ms": ("P5 rgb8 640x480 message -> model tensor", "<= 2 ms", lambda v: v <= 2.0, "ms"),
+    "p5_convert_ms_bgr8": ("P5 bgr8 640x480 message -> model tensor", "<= 2 ms", lambda v: v <= 2.0, "ms"),
+    "p5_overhead": ("P5 pipeline time over encoder forward", "<= 10 %", lambda v: v <= 0.10, "%"),
+    "p6_speed_factor": ("P6 offline replay speed (tiny models)", ">= 5x", lambda v: v >= 5.0, "x"),
+}
+
+
+def _fmt(value, unit: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if unit == "%":
+        return f"{100 * value:+.1f} %"
+    if unit == "ms":
+        return f"{value:.2f} ms"
+    return f"{value:.2f}"
+
+
+def verdicts(results: dict) -> dict:
+    out = {}
+    for key, (_, target, test, _) in TARGETS.items():
+        value = results.get(key)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            out[key] = "not measured"
+        else:
+            out[key] = "met" if test(value) else "MISSED"
+    return out
+
+
+def table(results: dict) -> str:
+    """Text table: figure, ours, baseline / other arm, target, verdict."""
+    baseline = results.get("baselines", {})
+    rows: List[tuple] = [("figure", "ours", "baseline / other arm", "target", "verdict")]
+    marks = verdicts(results)
+    for key, (label, target, _, unit) in TARGETS.items():
+        rows.append((label, _fmt(results.get(key), unit), baseline.get(key, ""), target, marks[key]))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(5)]
+    lines = []
+    for i, row in enumerate(rows):
+        lines.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def plot_bounded(p4: dict, path: Path) -> None:
+    """StreamBridge-style curve: trigger latency, RSS and prompt size versus buffered frames."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    styles = {"compressed": ("tab:blue", "o", f"round-decayed compression (max_tokens {p4['protocol']['max_tokens']})"),
+              "uncompressed": ("tab:red", "s", "no compression")}
+    for arm, (color, marker, label) in styles.items():
+        if arm not in p4:
+            continue
+        points = p4[arm]["points"]
+        frames = [p["frames"] for p in points]
+        lat = [(p["frames"], p["latency_sec"]) for p in points if p["latency_sec"] is not None]
+        if lat:
+            axes[0].plot([x for x, _ in lat], [y for _, y in lat], marker=marker, color=color, label=label)
+        skipped = [p["frames"] for p in points if p["latency_sec"] is None]
+        for x in skipped:
+            axes[0].axvline(x, color=color, ls=":", alpha=0.5)
+        axes[1].plot(frames, [p["rss_mb"] for p in points], marker=marker, color=color, label=label)
+        axes[2].plot(frames, [p["prompt_tokens"] for p in points], marker=marker, color=color, label=label)
+    axes[2].axhline(32768, color="grey", ls="--", lw=1)
+    axes[2].text(110, 34000, "model context (32,768)", color="grey", fontsize=8)
+    titles = ("per-trigger latency (s)\n(dotted: prompt over the cap, not generated)",
+              "process RSS (MiB)", "prompt tokens at the trigger")
+    for ax, title in zip(axes, titles):
+        ax.set_xscale("log")
+        ax.set_xlabel("sampled frames streamed")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[2].set_yscale("log")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("P4 bounded cost: bench-scale Qwen2-VL, 2 CPU cores, 1 thread", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_ttft(p3: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    sizes = list(p3["frames"])
+    rows = [p3["frames"][n] for n in sizes]
+    x = np.arange(len(sizes))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, (key, label, color) in enumerate((
+            ("ttft_ms_reencode", "re-encode at trigger (pixel_values)", "tab:red"),
+            ("ttft_ms_no_kv_reuse", "encoded on arrival, no KV reuse", "tab:orange"),
+            ("ttft_ms_kv_reuse", "encoded on arrival + KV reuse", "tab:blue"))):
+        ax.bar(x + (i - 1) * 0.27, [r[key] for r in rows], 0.27, label=label, color=color)
+    ax.set_xticks(x, [f"{n} frames" for n in sizes])
+    ax.set_yscale("log")
+    ax.set_ylabel("time to first token (ms, log)")
+    ax.set_title("P3 TTFT, bench-scale Qwen2-VL, 1 CPU thread", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
