@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -167,18 +165,4 @@ def model_path(name: str) -> str:
     if name not in BUILDERS:
         raise ValueError(f"unknown bench model {name!r}; known: {sorted(BUILDERS)}")
     folder = bench_root() / f"{name}-v{BUILD_VERSION}"
-    if (folder / "config.json").is_file():
-        return str(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder.parent))
-    try:
-        LOG.info("building bench-scale %s into %s", name, folder)
-        BUILDERS[name](staging)
-        try:
-            staging.rename(folder)
-        except OSError:  # another process built it first
-            if not (folder / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return str(folder)
+    return tiny.build_once(folder, BUILDERS[name], f"bench-scale {name}")

@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 LOG = logging.getLogger(__name__)
 
@@ -45,14 +46,19 @@ def resolve_model_path(spec: str) -> str:
     # reuses a stale cached model.
     digest = hashlib.sha256(Path(module.__file__).read_bytes()).hexdigest()[:10]
     folder = cache_root() / f"{family}-{digest}"
+    return build_once(folder, module.build, f"tiny {family}")
+
+
+def build_once(folder: Path, build: Callable[[Path], None], what: str) -> str:
+    """Build a model folder once (build(staging) then an atomic rename); return its path."""
     if (folder / "config.json").is_file():
         return str(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     # Build into a temporary sibling and rename, so concurrent processes never see half a model.
-    staging = Path(tempfile.mkdtemp(prefix=f".{family}-", dir=folder.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
-        LOG.info("building tiny %s model into %s", family, folder)
-        module.build(staging)
+        LOG.info("building %s model into %s", what, folder)
+        build(staging)
         try:
             staging.rename(folder)
         except OSError:  # another process won the race
