@@ -414,7 +414,9 @@ def test_a_bag_loop_resets_and_adjusts_what_it_must_and_says_so(graph):
               "memory_clears": count(client, "reaction_node", "memory_clears"),
               "expired": count(client, "decision_node", "queries_expired")}
     ask(queries, "loop-q", "Narrate each new scene", mode="boundary", expiry_sec=6.0)
-    time.sleep(3.0)  # ~3 s of the query's 6 s pass on the old timeline
+    asked = stream.now()
+    wait_for(lambda: stream.now() - asked >= 3.0, 10,  # 3 s of the query's 6 s on the old timeline
+             "3 s of camera time", poll=0.05)
     assert count(client, "decision_node", "queries_expired") == before["expired"]
     stream.jump_to(10.0)  # the bag starts over
     jumped = time.monotonic()
