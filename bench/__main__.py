@@ -107,68 +107,11 @@ def main(argv=None) -> int:
     if want("p6"):
         section("p6_replay", lambda: replay_speed.run(args.quick, bench_models=paths))
 
-    s = results["sections"]
-    baselines = {}
-    if "p1_p2_nonblocking" in s:
-        p1 = s["p1_p2_nonblocking"]
-        results["p1_ratio"] = p1["ours"]["ratio"]
-        results["p1_baseline_ratio"] = p1["sequential"]["ratio"]
-        results["p2_p95_over_period"] = p1["ours"]["trigger_latency_p95_over_period"]
-        results["p2_p50_over_period"] = p1["ours"]["trigger_latency_p50_over_period"]
-        results["p2_event_p95_over_period"] = p1["ours"]["event_latency_p95_over_period"]
-        results["p2_baseline_event_p95_over_period"] = p1["sequential"]["event_latency_p95_over_period"]
-        results["p1_decode_tokens_per_sec"] = p1["ours"]["decode_tokens_per_sec"]
-        results["p1_baseline_decode_tokens_per_sec"] = p1["sequential"]["decode_tokens_per_sec"]
-        baselines["p1_ratio"] = f"sequential {p1['sequential']['ratio']:.2f}"
-        baselines["p2_p95_over_period"] = (
-            f"sequential: {p1['sequential']['trigger_latency_p95_over_period']:.2f}; cut->trigger p95 "
-            f"{p1['ours']['event_latency_p95_over_period']:.2f} vs {p1['sequential']['event_latency_p95_over_period']:.2f}")
-    if "p3_ttft" in s:
-        rows = s["p3_ttft"]["frames"]
-        for n in ("64", "256"):
-            results[f"p3_ratio_{n}"] = rows[n]["ratio_kv_reuse"]
-            results[f"p3_ratio_{n}_no_kv"] = rows[n]["ratio_no_kv_reuse"]
-            base = f"re-encode {rows[n]['ttft_ms_reencode']:.0f} ms"
-            baselines[f"p3_ratio_{n}"] = f"{base} vs {rows[n]['ttft_ms_kv_reuse']:.0f} ms"
-            baselines[f"p3_ratio_{n}_no_kv"] = f"{base} vs {rows[n]['ttft_ms_no_kv_reuse']:.0f} ms"
-        if "16" in rows:
-            results["p3_ratio_16"] = rows["16"]["ratio_kv_reuse"]
-    if "p4_bounded" in s:
-        p4 = s["p4_bounded"]
-        results["p4_latency_growth"] = p4["latency_growth"]
-        results["p4_rss_growth"] = p4["rss_growth"]
-        results["p4_prompt_growth"] = p4["prompt_growth"]
-        results["p4_peak_rss_growth"] = p4["peak_rss_growth"]
-        unc = p4["uncompressed_latency_growth_measured"]
-        prompt = (f"prompt {p4['prompt_growth'] + 1:.1f}x vs no compression "
-                  f"{p4['uncompressed_prompt_growth'] + 1:.0f}x")
-        baselines["p4_latency_growth"] = prompt + (
-            f"; no compression latency {100 * unc['growth']:+.0f} % by {unc['to_frames']} frames, "
-            "then over the cap" if unc else "; no compression latency: not run (quick) / over the cap")
-        if p4["uncompressed_rss_growth"] is not None:
-            baselines["p4_rss_growth"] = f"no compression: {100 * p4['uncompressed_rss_growth']:+.0f} %"
-        report.plot_bounded(p4, RESULTS / f"p4_bounded_cost{suffix}.png")
-    if "p5_overhead" in s:
-        conv = s["p5_overhead"]["conversion"]
-        results["p5_convert_ms"] = conv["rgb8"]["to_model_tensor_ms_p50"]
-        results["p5_overhead"] = s["p5_overhead"]["pipeline"]["overhead"]
-        results["p5_convert_ms_bgr8"] = conv["bgr8"]["to_model_tensor_ms_p50"]
-        results["p5_convert_ms_jpeg"] = conv["jpeg"]["to_model_tensor_ms_p50"]
-        ros = conv.get("rgb8 sensor_msgs.msg.Image")
-        baselines["p5_convert_ms"] = (f"sensor_msgs.msg.Image rgb8 {ros['to_model_tensor_ms_p50']:.2f} ms; "
-                                      if ros else "") + f"jpeg {conv['jpeg']['to_model_tensor_ms_p50']:.2f} ms"
-        baselines["p5_convert_ms_bgr8"] = f"to RGB view {conv['bgr8']['to_rgb_ms_p50']:.3f} ms"
-        pipe = s["p5_overhead"]["pipeline"]
-        baselines["p5_overhead"] = f"{pipe['pipeline_ms_p50']:.1f} vs {pipe['forward_ms_p50']:.1f} ms"
-    if "p6_replay" in s:
-        results["p6_speed_factor"] = s["p6_replay"]["tiny"]["speed_factor"]
-        extra = s["p6_replay"].get("bench_scale")
-        baselines["p6_speed_factor"] = "real time = 1.0" + (
-            f"; bench-scale models {extra['speed_factor']:.1f}x" if extra else "")
-    if "p3_ttft" in s:
-        report.plot_ttft(s["p3_ttft"], RESULTS / f"p3_ttft{suffix}.png")
-    results["baselines"] = baselines
-    results["verdicts"] = report.verdicts(results)
+    report.summarize(results)
+    if "p4_bounded" in results["sections"]:
+        report.plot_bounded(results["sections"]["p4_bounded"], RESULTS / f"p4_bounded_cost{suffix}.png")
+    if "p3_ttft" in results["sections"]:
+        report.plot_ttft(results["sections"]["p3_ttft"], RESULTS / f"p3_ttft{suffix}.png")
     results["section_seconds"] = section_sec
     results["run_seconds"] = round(time.perf_counter() - started, 1)
     results["machine"]["load_average_end"] = [round(x, 2) for x in load_average()]

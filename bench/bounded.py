@@ -8,7 +8,13 @@ those token tensors (each frame owns its storage, as an encoded frame does; stam
 apart, 2 Hz), which keeps 10,000 frames cheap. At each checkpoint a trigger is answered for
 real through `submit()` and the engine's worker (16 forced tokens, empty KV cache: after
 compression the cached prefix is stale anyway; the engine adds the question/answer turns to
-memory); latency = submit -> final answer. RSS is /proc/self/statm after that trigger.
+memory); latency = submit -> final answer.
+RSS = /proc/self/statm after that trigger and after `malloc_trim(0)`: glibc keeps freed
+transient buffers of generate() (the attention and MLP activations of a few-thousand-token
+prefill, ~50-100 MiB) in its heap after its mmap threshold adapts, and how much of that it
+happens to hold varies from trigger to trigger by tens of MiB; trimming leaves the memory
+the process actually holds (live objects + fragmentation). The untrimmed RSS and the peak
+(VmHWM) are reported beside it. RSS is /proc/self/statm after that trigger.
 - compressed: max_tokens = 4096 (the reaction node's default) with round-decayed compression.
 - uncompressed: max_tokens = 10**9 (nothing is ever pooled or dropped).
 A checkpoint whose prompt exceeds `cap_tokens` (or the model's 32,768 positions) is not
@@ -17,6 +23,7 @@ generated (latency null): it would take minutes on 2 cores; its prompt size is r
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import subprocess
@@ -45,6 +52,14 @@ def _few_frames(k: int):
     if not frames:
         frames = [c[0] for c in _photo_clips(1.0, 2.0, FRAME_SIZE)]
     return [frames[i % len(frames)] for i in range(k)]
+
+
+def _malloc_trim() -> None:
+    """Give glibc's free heap pages back to the OS (no-op elsewhere)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def arm_main(argv=None) -> int:
@@ -137,11 +152,13 @@ def arm_main(argv=None) -> int:
             times.sort()
             ttfts.sort()
             latency, ttft = times[len(times) // 2], ttfts[len(ttfts) // 2]
+        untrimmed = rss_mb()
+        _malloc_trim()
         points.append({"frames": checkpoint, "prompt_tokens": prompt_tokens,
                        "memory_tokens": stats["tokens"], "memory_frames": stats["frames"],
                        "max_level": stats["max_level"], "frames_dropped": stats["frames_dropped"],
                        "latency_sec": latency, "ttft_sec": ttft, "rss_mb": round(rss_mb(), 1),
-                       "peak_rss_mb": round(peak_rss_mb(), 1),
+                       "rss_untrimmed_mb": round(untrimmed, 1), "peak_rss_mb": round(peak_rss_mb(), 1),
                        "elapsed_sec": round(time.perf_counter() - t_start, 2)})
         print(json.dumps({"progress": points[-1]}), file=sys.stderr, flush=True)
     engine.close()
@@ -187,23 +204,17 @@ def growth(points: List[dict], key: str, first: int = 100, last: int = 10000) ->
 
 
 def run(quick: bool, log=print, max_tokens: int = NODE_DEFAULT_MAX_TOKENS) -> dict:
-    """Both arms (concurrently in quick mode, one after the other in full mode)."""
+    """Both arms, each in its own process, one after the other."""
     checkpoints = [100, 300, 1000, 3000, 10000] if not quick else [100, 300, 10000]
-    # The quick run answers no trigger in the uncompressed arm (its prompts take 1-5 s each
-    # and would slow the compressed arm running beside it): prompt size and RSS only.
+    # The quick run answers no trigger in the uncompressed arm (its prompts take 2-10 s each):
+    # prompt size and RSS only.
     caps = {"compressed": 20000, "uncompressed": 0 if quick else 20000}
     arms = {"compressed": (max_tokens, [100, 10000] if quick else checkpoints),
             "uncompressed": (10 ** 9, checkpoints)}
     results = {}
-    if quick:
-        log(f"  P4: both arms in parallel processes (1 thread each), checkpoints {checkpoints}")
-        procs = {name: _spawn(name, mt, cps, caps[name], 3) for name, (mt, cps) in arms.items()}
-        for name, proc in procs.items():
-            results[name] = _collect(proc, name, 300)
-    else:
-        for name, (mt, cps) in arms.items():
-            log(f"  P4 {name}: checkpoints {cps} ...")
-            results[name] = _collect(_spawn(name, mt, cps, caps[name], 3), name, 400)
+    for name, (mt, cps) in arms.items():  # one after the other: an arm never slows the other
+        log(f"  P4 {name}: checkpoints {cps} ...")
+        results[name] = _collect(_spawn(name, mt, cps, caps[name], 3), name, 400)
     for name, res in results.items():
         for p in res["points"]:
             lat = f"{p['latency_sec'] * 1e3:.0f} ms" if p["latency_sec"] is not None else \
@@ -216,13 +227,14 @@ def run(quick: bool, log=print, max_tokens: int = NODE_DEFAULT_MAX_TOKENS) -> di
     return {
         "protocol": {"max_tokens": max_tokens, "cap_prompt_tokens": caps, "answer_tokens": ANSWER_TOKENS,
                      "kv_reuse": False, "frame_rate_hz": 1 / STAMP_STEP,
-                     "arms_ran": "in parallel (2 processes, 1 thread each)" if quick else "one after the other",
+                     "arms_ran": "one after the other, a process each",
                      "threads": 1, "repeats": "median of 3 where a trigger takes < 2 s, else 1",
-                     "rss": "/proc/self/statm after the checkpoint's trigger, own process; "
-                            "peak = VmHWM (the largest prompt's transient buffers)"},
+                     "rss": "/proc/self/statm after the checkpoint's trigger and malloc_trim(0), own "
+                            "process; rss_untrimmed_mb before the trim; peak = VmHWM"},
         "compressed": results["compressed"], "uncompressed": results["uncompressed"],
         "latency_growth": growth(comp, "latency_sec"), "rss_growth": growth(comp, "rss_mb"),
         "peak_rss_growth": growth(comp, "peak_rss_mb"),
+        "untrimmed_rss_growth": growth(comp, "rss_untrimmed_mb"),
         "prompt_growth": growth(comp, "prompt_tokens"),
         "uncompressed_latency_growth_measured": (
             {"to_frames": measured_unc[-1]["frames"],

@@ -248,7 +248,7 @@ def run_arm(arm: str, encoder, vlm, footage: Footage, *, sample_fps: float, came
 def run(encoder, vlm, footage: Footage, quick: bool, log=print) -> dict:
     """Both arms on the same stream; returns the P1/P2 section of the results."""
     sample_fps, camera_fps = 4.0, 15.0
-    idle_sec, busy_sec, tail_sec = (2.0, 3.0, 0.5) if quick else (8.0, 24.0, 2.0)
+    idle_sec, busy_sec, tail_sec = (2.0, 3.0, 0.3) if quick else (8.0, 24.0, 2.0)
     answer_tokens = vlm.config.max_new_tokens
     arms = {}
     for arm in ("ours", "sequential"):

@@ -138,9 +138,9 @@ def reaction_encode_overhead(vlm, frames: List[np.ndarray], repeats: int) -> dic
 
 
 def run(encoder, vlm, frames: List[np.ndarray], quick: bool, log=print) -> dict:
-    repeats = 30 if quick else 300
+    repeats = 20 if quick else 300
     conv = conversion(encoder, vlm, frames, repeats)
-    over = pipeline_overhead(encoder, frames, 15 if quick else 100)
+    over = pipeline_overhead(encoder, frames, 12 if quick else 100)
     react = reaction_encode_overhead(vlm, frames, 8 if quick else 50)
     for name, row in conv.items():
         log(f"  P5 {name}: " + ", ".join(f"{k} {v}" for k, v in row.items()))

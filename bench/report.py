@@ -81,11 +81,15 @@ def plot_bounded(p4: dict, path: Path) -> None:
         for x in skipped:
             axes[0].axvline(x, color=color, ls=":", alpha=0.5)
         axes[1].plot(frames, [p["rss_mb"] for p in points], marker=marker, color=color, label=label)
+        if "rss_untrimmed_mb" in points[0]:
+            axes[1].plot(frames, [p["rss_untrimmed_mb"] for p in points], color=color, ls="--", lw=1,
+                         alpha=0.6)
         axes[2].plot(frames, [p["prompt_tokens"] for p in points], marker=marker, color=color, label=label)
     axes[2].axhline(32768, color="grey", ls="--", lw=1)
     axes[2].text(110, 34000, "model context (32,768)", color="grey", fontsize=8)
     titles = ("per-trigger latency (s)\n(dotted: prompt over the cap, not generated)",
-              "process RSS (MiB)", "prompt tokens at the trigger")
+              "process RSS (MiB) after the trigger\n(solid: after malloc_trim; dashed: untrimmed)",
+              "prompt tokens at the trigger")
     for ax, title in zip(axes, titles):
         ax.set_xscale("log")
         ax.set_xlabel("sampled frames streamed")
@@ -125,3 +129,70 @@ def plot_ttft(p3: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
+
+def summarize(results: dict) -> dict:
+    """Headline keys, baseline texts and verdicts from results["sections"] (in place)."""
+    s = results["sections"]
+    baselines = {}
+    if "p1_p2_nonblocking" in s:
+        p1 = s["p1_p2_nonblocking"]
+        results["p1_ratio"] = p1["ours"]["ratio"]
+        results["p1_baseline_ratio"] = p1["sequential"]["ratio"]
+        results["p2_p95_over_period"] = p1["ours"]["trigger_latency_p95_over_period"]
+        results["p2_p50_over_period"] = p1["ours"]["trigger_latency_p50_over_period"]
+        results["p2_event_p95_over_period"] = p1["ours"]["event_latency_p95_over_period"]
+        results["p2_baseline_event_p95_over_period"] = p1["sequential"]["event_latency_p95_over_period"]
+        results["p1_decode_tokens_per_sec"] = p1["ours"]["decode_tokens_per_sec"]
+        results["p1_baseline_decode_tokens_per_sec"] = p1["sequential"]["decode_tokens_per_sec"]
+        baselines["p1_ratio"] = f"sequential {p1['sequential']['ratio']:.2f}"
+        baselines["p2_p95_over_period"] = (
+            f"sequential {p1['sequential']['trigger_latency_p95_over_period']:.2f}; scene cut -> trigger "
+            f"p95 {p1['ours']['event_latency_p95_over_period']:.2f} vs sequential "
+            f"{p1['sequential']['event_latency_p95_over_period']:.2f} periods")
+    if "p3_ttft" in s:
+        rows = s["p3_ttft"]["frames"]
+        for n in ("64", "256"):
+            results[f"p3_ratio_{n}"] = rows[n]["ratio_kv_reuse"]
+            results[f"p3_ratio_{n}_no_kv"] = rows[n]["ratio_no_kv_reuse"]
+            base = f"re-encode {rows[n]['ttft_ms_reencode']:.0f} ms"
+            baselines[f"p3_ratio_{n}"] = f"{base} vs {rows[n]['ttft_ms_kv_reuse']:.0f} ms"
+            baselines[f"p3_ratio_{n}_no_kv"] = f"{base} vs {rows[n]['ttft_ms_no_kv_reuse']:.0f} ms"
+        if "16" in rows:
+            results["p3_ratio_16"] = rows["16"]["ratio_kv_reuse"]
+    if "p4_bounded" in s:
+        p4 = s["p4_bounded"]
+        results["p4_latency_growth"] = p4["latency_growth"]
+        results["p4_rss_growth"] = p4["rss_growth"]
+        results["p4_prompt_growth"] = p4["prompt_growth"]
+        results["p4_peak_rss_growth"] = p4["peak_rss_growth"]
+        results["p4_untrimmed_rss_growth"] = p4["untrimmed_rss_growth"]
+        unc = p4["uncompressed_latency_growth_measured"]
+        prompt = (f"prompt {p4['prompt_growth'] + 1:.1f}x vs no compression "
+                  f"{p4['uncompressed_prompt_growth'] + 1:.0f}x")
+        baselines["p4_latency_growth"] = prompt + (
+            f"; no compression latency {100 * unc['growth']:+.0f} % by {unc['to_frames']} frames, "
+            "then over the cap" if unc else "; no compression latency: not run (quick) / over the cap")
+        if p4["uncompressed_rss_growth"] is not None:
+            baselines["p4_rss_growth"] = (
+                f"no compression: {100 * p4['uncompressed_rss_growth']:+.0f} %; untrimmed "
+                f"{100 * p4['untrimmed_rss_growth']:+.1f} %, peak {100 * p4['peak_rss_growth']:+.1f} %")
+    if "p5_overhead" in s:
+        conv = s["p5_overhead"]["conversion"]
+        results["p5_convert_ms"] = conv["rgb8"]["to_model_tensor_ms_p50"]
+        results["p5_overhead"] = s["p5_overhead"]["pipeline"]["overhead"]
+        results["p5_convert_ms_bgr8"] = conv["bgr8"]["to_model_tensor_ms_p50"]
+        results["p5_convert_ms_jpeg"] = conv["jpeg"]["to_model_tensor_ms_p50"]
+        ros = conv.get("rgb8 sensor_msgs.msg.Image")
+        baselines["p5_convert_ms"] = (f"sensor_msgs.msg.Image rgb8 {ros['to_model_tensor_ms_p50']:.2f} ms; "
+                                      if ros else "") + f"jpeg {conv['jpeg']['to_model_tensor_ms_p50']:.2f} ms"
+        baselines["p5_convert_ms_bgr8"] = f"to RGB view {conv['bgr8']['to_rgb_ms_p50']:.3f} ms"
+        pipe = s["p5_overhead"]["pipeline"]
+        baselines["p5_overhead"] = f"{pipe['pipeline_ms_p50']:.1f} vs {pipe['forward_ms_p50']:.1f} ms"
+    if "p6_replay" in s:
+        results["p6_speed_factor"] = s["p6_replay"]["tiny"]["speed_factor"]
+        extra = s["p6_replay"].get("bench_scale")
+        baselines["p6_speed_factor"] = "real time = 1.0" + (
+            f"; bench-scale models {extra['speed_factor']:.1f}x" if extra else "")
+    results["baselines"] = baselines
+    results["verdicts"] = verdicts(results)
+    return results
