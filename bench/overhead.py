@@ -22,7 +22,7 @@ from typing import Dict, List
 import numpy as np
 import torch
 
-from bench.common import CompressedMsg, ImageMsg, median, percentile
+from bench.common import CompressedMsg, ImageMsg, median, percentile, timed
 from dispider_ros.core.perception import PerceptionConfig, PerceptionPipeline
 from dispider_ros.core.sampler import SamplerConfig
 from dispider_ros.imaging import message_to_rgb8
@@ -42,14 +42,7 @@ def _ros_image(rgb: np.ndarray):
 
 
 def _ms(fn, repeats: int, warmup: int = 5) -> List[float]:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - t0) * 1e3)
-    return out
+    return [1e3 * seconds for seconds in timed(fn, repeats, warmup)]
 
 
 def conversion(encoder, vlm, frames: List[np.ndarray], repeats: int) -> Dict[str, dict]:
