@@ -4,6 +4,7 @@ from contextlib import contextmanager
 
 import numpy as np
 import pytest
+from response_collector import Collector as _Collector
 import torch
 
 from dispider_ros.core.memory import DialogueTurn, FrameTokens, MemoryConfig
@@ -33,32 +34,8 @@ def trigger(n, query="q1", camera="cam", stamp=0.0, text="What is on the table n
                         clip_start=0.0, clip_end=stamp)
 
 
-class Collector:
-    """on_response sink that lets tests wait for finals with a timeout."""
-
-    def __init__(self):
-        self.events = []
-        self.cond = threading.Condition()
-
-    def __call__(self, event):
-        with self.cond:
-            self.events.append(event)
-            self.cond.notify_all()
-
-    def finals(self):
-        with self.cond:
-            return [e for e in self.events if e.final]
-
-    def wait_final(self, response_id, timeout=WAIT):
-        with self.cond:
-            ok = self.cond.wait_for(lambda: any(e.final and e.response_id == response_id for e in self.events),
-                                    timeout)
-            assert ok, f"no final response {response_id} within {timeout} s"
-            return next(e for e in self.events if e.final and e.response_id == response_id)
-
-    def chunks(self, response_id):
-        with self.cond:
-            return [e for e in self.events if not e.final and e.response_id == response_id]
+def Collector():
+    return _Collector(timeout=WAIT)
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,11 @@ is answered.
 """
 import logging
 import math
-import threading
 from collections import Counter
 
 import numpy as np
 import pytest
+from response_collector import Collector
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -39,23 +39,8 @@ def vlm():
     model.close()
 
 
-class Sink:
-    def __init__(self):
-        self.events, self.cond = [], threading.Condition()
-
-    def __call__(self, event):
-        with self.cond:
-            self.events.append(event)
-            self.cond.notify_all()
-
-    def finals(self):
-        with self.cond:
-            return [e for e in self.events if e.final]
-
-    def wait_finals(self, count, timeout=WAIT):
-        with self.cond:
-            assert self.cond.wait_for(lambda: sum(e.final for e in self.events) >= count, timeout), \
-                f"{sum(e.final for e in self.events)} of {count} finals after {timeout} s"
+def Sink():
+    return Collector(timeout=WAIT)
 
 
 def trigger(trigger_id, query_id="q", text="What is here?", camera="cam", stamp=1.0):
