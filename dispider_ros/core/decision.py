@@ -24,12 +24,14 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from dispider_ros.core.policies import (ActivationPolicy, BoundaryPolicy, MatchPolicy, NowPolicy,
-                                        Policy, PolicyConfig, infer_mode)
+                                        Policy, PolicyConfig)
 from dispider_ros.core.queries import ActiveQuery, QueryRegistry, QueryRejected, RegistryConfig
+from dispider_ros.core.query_text import infer_mode
+from dispider_ros.core import schema
 from dispider_ros.core.types import FrameFeature, QuerySpec, TriggerEvent
 
 LOG = logging.getLogger(__name__)
-TextEncoder = Callable[[Sequence[str]], np.ndarray]  # list of N texts -> (N, D)
+EmbedTexts = Callable[[Sequence[str]], np.ndarray]  # N texts -> (N, D), e.g. TextEncoder.encode_texts
 _TEXT_CACHE_SIZE = 256
 
 
@@ -41,17 +43,19 @@ class DecisionConfig:
         trigger_threshold, hysteresis, cooldown_sec, smoothing: see policies.PolicyConfig.
         max_query_chars, max_queries_per_sec, max_active_queries, on_duplicate: see
             queries.RegistryConfig.
-        id_prefix: trigger ids are "<id_prefix>-<n>"; "" = a random 8-hex prefix per core,
-            so ids stay unique across node restarts recorded in one log.
+        id_prefix: trigger ids are "<id_prefix>-<n>", assigned query ids "<id_prefix>-q<n>";
+            "" = a random 8-hex prefix per core. Ids must stay unique across robots,
+            namespaces and restarts recorded in one log: decision_node passes its fully
+            qualified name plus a random token.
     """
 
-    trigger_threshold: float = 0.5
-    hysteresis: float = 0.1
-    cooldown_sec: float = 5.0
-    smoothing: float = 0.5
-    max_query_chars: int = 2000
-    max_queries_per_sec: float = 5.0
-    max_active_queries: int = 64
+    trigger_threshold: float = schema.default("decision_node", "trigger_threshold")
+    hysteresis: float = schema.default("decision_node", "hysteresis")
+    cooldown_sec: float = schema.default("decision_node", "cooldown_sec")
+    smoothing: float = schema.default("decision_node", "smoothing")
+    max_query_chars: int = schema.default("decision_node", "max_query_chars")
+    max_queries_per_sec: float = schema.default("decision_node", "max_queries_per_sec")
+    max_active_queries: int = schema.default("decision_node", "max_active_queries")
     on_duplicate: str = "replace"
     id_prefix: str = ""
 
@@ -81,12 +85,13 @@ class DecisionCore:
     """
 
     def __init__(self, config: Optional[DecisionConfig] = None,
-                 text_encoder: Optional[TextEncoder] = None,
+                 text_encoder: Optional[EmbedTexts] = None,
                  match_calibration: Tuple[float, float] = (10.0, -5.0),
                  activation_head=None):
         self.config = config or DecisionConfig()
         self.text_encoder = text_encoder
-        self.registry = QueryRegistry(self.config.registry_config())
+        self._prefix = self.config.id_prefix or uuid.uuid4().hex[:8]
+        self.registry = QueryRegistry(self.config.registry_config(), id_prefix=self._prefix)
         policy_config = self.config.policy_config()
         self.policies: Dict[str, Policy] = {
             "now": NowPolicy(policy_config), "boundary": BoundaryPolicy(policy_config),
@@ -94,7 +99,6 @@ class DecisionCore:
         if activation_head is not None:
             self.policies["activation"] = ActivationPolicy(activation_head, policy_config)
         self._lock = threading.RLock()
-        self._prefix = self.config.id_prefix or uuid.uuid4().hex[:8]
         self._trigger_count = 0
         self._last_feature: Dict[str, FrameFeature] = {}
         self._text_cache: "OrderedDict[str, np.ndarray]" = OrderedDict()
@@ -117,7 +121,7 @@ class DecisionCore:
         """Register a query; a "now" query fires at once on the latest feature if any.
 
         Args:
-            spec: the question (mode "auto" resolved with policies.infer_mode).
+            spec: the question (mode "auto" resolved with query_text.infer_mode).
             now_stamp: current camera/ROS time, seconds (rate limit, default query stamp).
         Returns:
             (the registered query, triggers fired immediately).
@@ -143,6 +147,11 @@ class DecisionCore:
                     if query.watches(camera_id) and self.registry.get(query.query_id) is query:
                         triggers += self._score(query, feature)
             return query, triggers
+
+    def new_query_id(self) -> str:
+        """A fresh query id for a query sent without one ("<id_prefix>-q<n>")."""
+        with self._lock:
+            return self.registry.new_id()
 
     def cancel(self, query_id: str) -> bool:
         """End a query; False when it is not active (unknown or already finished)."""

@@ -43,6 +43,8 @@ from typing import Deque, Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
 
+from dispider_ros.core import schema
+
 LOG = logging.getLogger(__name__)
 
 ROLES = ("user", "assistant")
@@ -130,9 +132,9 @@ class MemoryConfig:
             None = 0 for a bare buffer (ReactionEngine measures it with its model's tokenizer).
     """
 
-    max_tokens: int = 8192
+    max_tokens: int = schema.default("reaction_node", "max_tokens")
     pool_stride: int = 2
-    protected_frames: int = 4
+    protected_frames: int = schema.default("reaction_node", "protected_frames")
     target_ratio: float = 1.0
     frame_overhead_tokens: Optional[int] = None
 
@@ -198,6 +200,7 @@ class MemoryBuffer:
         self._protected: Dict[str, Deque[int]] = {}
         self._protected_keys: set = set()
         self._latest_stamp: Dict[str, float] = {}
+        self._latest_index: Dict[str, int] = {}  # newest frame_index stored per camera
         self._warned_over_budget = False
         # scan_steps counts items the sweep looked at: tests use it to check the amortised cost.
         self.counts = {"frames_added": 0, "turns_added": 0, "pool_ops": 0, "scan_steps": 0,
@@ -222,6 +225,8 @@ class MemoryBuffer:
             self.counts["frames_added"] += 1
             latest = self._latest_stamp.get(frame.camera_id, float("-inf"))
             self._latest_stamp[frame.camera_id] = max(latest, frame.stamp)
+            self._latest_index[frame.camera_id] = max(
+                self._latest_index.get(frame.camera_id, -1), frame.frame_index)
             self._compress()
             self._cond.notify_all()
         return frame
@@ -258,14 +263,22 @@ class MemoryBuffer:
             self._warned_over_budget = False
             self._compress()
 
-    def clear(self) -> None:
-        """Forget everything (e.g. after a clock jump backwards)."""
+    def clear(self, camera_id: Optional[str] = None) -> None:
+        """Forget one camera's frames and dialogue (its clock jumped back), or everything.
+
+        Frame indices keep counting across a clear, so `has_frame` stays true for frames
+        that were stored before it.
+        """
         with self._cond:
-            self._items, self._head, self._cursor, self._scan_start = [], 0, 0, 0
-            self._tokens = 0
-            self._protected.clear()
-            self._protected_keys.clear()
-            self._latest_stamp.clear()
+            keep = [] if camera_id is None else [
+                it for it in self._items[self._head:] if it is not None and it.camera_id != camera_id]
+            self._items, self._head, self._cursor, self._scan_start = keep, 0, 0, 0
+            self._tokens = sum(self._cost(it) for it in keep)
+            dropped = self._protected.keys() if camera_id is None else [camera_id]
+            for cam in list(dropped):
+                self._protected_keys.difference_update(self._protected.pop(cam, ()))
+                self._latest_stamp.pop(cam, None)
+            self._cond.notify_all()
 
     # ---- output ------------------------------------------------------------------------
     def snapshot(self, cameras: Optional[Iterable[str]] = None) -> List[MemoryItem]:
@@ -295,11 +308,16 @@ class MemoryBuffer:
         with self._cond:
             return self._latest_stamp.get(camera_id, float("-inf"))
 
-    def wait_for_frame(self, camera_id: str, stamp: float, timeout: float) -> bool:
-        """Block until a frame of camera_id with stamp >= stamp is stored, or timeout (seconds)."""
+    def has_frame(self, camera_id: str, frame_index: int) -> bool:
+        """True once the sampled frame (camera_id, frame_index) or a later one was stored."""
+        with self._cond:
+            return self._latest_index.get(camera_id, -1) >= frame_index
+
+    def wait_for_frame(self, camera_id: str, frame_index: int, timeout: float) -> bool:
+        """Block until has_frame(camera_id, frame_index) or timeout (seconds); its result."""
         with self._cond:
             return self._cond.wait_for(
-                lambda: self._latest_stamp.get(camera_id, float("-inf")) >= stamp, timeout=timeout)
+                lambda: self._latest_index.get(camera_id, -1) >= frame_index, timeout=timeout)
 
     def stats(self) -> dict:
         with self._cond:
@@ -313,6 +331,9 @@ class MemoryBuffer:
     @property
     def _overhead(self) -> int:
         return self.config.frame_overhead_tokens or 0
+
+    def _cost(self, item: MemoryItem) -> int:
+        return item.n_tokens + (self._overhead if isinstance(item, FrameTokens) else 0)
 
     def _new_key(self) -> int:
         self._next_key += 1

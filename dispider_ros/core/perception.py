@@ -10,20 +10,16 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Deque, Dict, List, Optional, Protocol, Sequence
+from typing import Deque, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from dispider_ros.core.protocols import ImageEncoder
 from dispider_ros.core.sampler import FrameSampler, SamplerConfig
 from dispider_ros.core.segmenter import ClipSegmenter, SegmenterConfig
 from dispider_ros.core.types import Frame, FrameFeature
 
 LOG = logging.getLogger(__name__)
-
-
-class ImageEncoder(Protocol):
-    def encode_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """(H, W, 3) uint8 RGB images -> (N, D) float32 L2-normalised."""
 
 
 @dataclass
@@ -68,6 +64,16 @@ class PerceptionPipeline:
               frame_id: str = "") -> Optional[Frame]:
         """Sample one source frame (see FrameSampler.offer; raises RejectedFrame)."""
         return self.sampler.offer(camera_id, stamp, image, frame_id)
+
+    def take(self, camera_id: str, stamp: float) -> Optional[int]:
+        """Sample on the stamp alone, before decoding (see FrameSampler.take)."""
+        return self.sampler.take(camera_id, stamp)
+
+    def frame(self, camera_id: str, stamp: float, index: int, image: np.ndarray,
+              frame_id: str = "") -> Frame:
+        """The Frame of a taken sample once decoded (raises RejectedFrame on a bad image)."""
+        self.sampler.check_image(camera_id, image)
+        return self.sampler.frame(camera_id, stamp, index, image, frame_id)
 
     def process(self, frames: Sequence[Frame]) -> List[FrameFeature]:
         """Encode frames in one batch and assign clips; input order is kept.

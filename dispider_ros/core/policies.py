@@ -6,76 +6,24 @@ every query. Proactive policies (match, activation, boundary) share a trigger-st
 guard: `cooldown_sec` of camera time between two triggers of one query on one camera.
 Match and activation also share a gate: the score is smoothed with an EMA
 (`smoothing` = weight of the past), fires when it reaches the threshold, and must fall
-below `threshold - hysteresis` before it can fire again.
-
-Mode inference for "auto" (`infer_mode`), on the lower-cased text, first rule that hits:
-  1. match    if it contains a MATCH_CUES phrase ("tell me when", "let me know if",
-              "alert me", "notify me", ...): a question about an event yet to happen;
-  2. boundary if it contains a BOUNDARY_CUES phrase ("guide me", "narrate", "step by
-              step", "keep me updated", "as it happens", ...): a running commentary;
-  3. now      otherwise: a question about the present or the past, answered at once.
+below `threshold - hysteresis` before it can fire again. (Which mode an "auto" question
+gets is a rule on its text: query_text.infer_mode.)
 """
 from __future__ import annotations
 
 import logging
 import math
-import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional, Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 
+from dispider_ros.core import schema
+from dispider_ros.core.protocols import ActivationScorer
+from dispider_ros.core.queries import ActiveQuery
 from dispider_ros.core.types import FrameFeature
 
-if TYPE_CHECKING:  # queries imports this module for infer_mode/event_text
-    from dispider_ros.core.queries import ActiveQuery
-
 LOG = logging.getLogger(__name__)
-
-MATCH_CUES = ("tell me when", "tell me if", "tell me once", "let me know when",
-              "let me know if", "let me know once", "alert me", "notify me", "warn me",
-              "ping me", "remind me when", "wait until", "wait for", "watch for",
-              "look out for", "as soon as")
-BOUNDARY_CUES = ("guide me", "walk me through", "narrate", "commentate", "as it happens",
-                 "step by step", "each step", "every step", "keep me updated",
-                 "keep me posted", "play by play", "describe what happens")
-_CONNECTIVES = ("when", "if", "once", "that", "for", "whenever")
-
-
-def _normalise(text: str) -> str:
-    return " ".join(text.lower().replace("\u2019", "'").split())
-
-
-def infer_mode(text: str) -> str:
-    """Mode for a query given as "auto" (rule in the module docstring)."""
-    norm = _normalise(text)
-    if any(re.search(rf"\b{re.escape(cue)}\b", norm) for cue in MATCH_CUES):
-        return "match"
-    if any(re.search(rf"\b{re.escape(cue)}\b", norm) for cue in BOUNDARY_CUES):
-        return "boundary"
-    return "now"
-
-
-def event_text(text: str) -> str:
-    """The part of a question a text-image matcher should embed.
-
-    "Tell me when the person picks up the red cup!" -> "the person picks up the red cup":
-    the instruction before the first match cue and a following connective are dropped,
-    as are trailing ?!. marks. Text without a cue is returned stripped of those marks.
-    """
-    stripped = " ".join(text.split())
-    lowered = stripped.lower().replace("\u2019", "'")
-    cut = None
-    for cue in MATCH_CUES:
-        found = re.search(rf"\b{re.escape(cue)}\b", lowered)
-        if found and (cut is None or found.start() < cut[0]):
-            cut = (found.start(), found.end())
-    rest = stripped[cut[1]:] if cut else stripped
-    words = rest.split()
-    while words and words[0].lower().strip(",:") in _CONNECTIVES:
-        words.pop(0)
-    rest = " ".join(words).strip(" ,:;?!.")
-    return rest or stripped.strip(" ?!.") or stripped
 
 
 @dataclass
@@ -87,23 +35,14 @@ class PolicyConfig:
         smoothing: EMA weight of the past score in [0, 1) (0 = no smoothing).
     """
 
-    trigger_threshold: float = 0.5
-    hysteresis: float = 0.1
-    cooldown_sec: float = 5.0
-    smoothing: float = 0.5
+    trigger_threshold: float = schema.default("decision_node", "trigger_threshold")
+    hysteresis: float = schema.default("decision_node", "hysteresis")
+    cooldown_sec: float = schema.default("decision_node", "cooldown_sec")
+    smoothing: float = schema.default("decision_node", "smoothing")
 
     def __post_init__(self):
-        checks = (("trigger_threshold", 0.0, 1.0, False, True), ("hysteresis", 0.0, 1.0, True, False),
-                  ("smoothing", 0.0, 1.0, True, False))
-        for name, low, high, low_ok, high_ok in checks:
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or \
-                    not ((low <= value if low_ok else low < value) and
-                         (value <= high if high_ok else value < high)):
-                raise ValueError(f"{name} {value!r} must be in {'[' if low_ok else '('}{low}, "
-                                 f"{high}{']' if high_ok else ')'}")
-        if not isinstance(self.cooldown_sec, (int, float)) or not (0.0 <= self.cooldown_sec < math.inf):
-            raise ValueError(f"cooldown_sec {self.cooldown_sec!r} must be a finite number >= 0")
+        for name in ("trigger_threshold", "hysteresis", "cooldown_sec", "smoothing"):
+            setattr(self, name, schema.check("decision_node", name, getattr(self, name)))
 
 
 class Policy:
@@ -227,7 +166,7 @@ class ActivationPolicy(Policy):
     name = "activation"
     needs_text_embedding = True
 
-    def __init__(self, head, config: Optional[PolicyConfig] = None):
+    def __init__(self, head: ActivationScorer, config: Optional[PolicyConfig] = None):
         super().__init__(config)
         self.head = head
 

@@ -6,8 +6,8 @@ Rules (each rejection raises `QueryRejected`, a ValueError whose `reason` is als
     of control characters other than tab/newline, surrogates and bidirectional-override
     characters, which can make a logged question read differently from what the model
     sees ("control_characters");
-  - query_id: empty means "assign one" (q1, q2, ...); otherwise printable, at most
-    `max_id_chars` ("bad_id");
+  - query_id: empty means "assign one" ("<id_prefix>-q1", "<id_prefix>-q2", ...; q1, q2, ...
+    without a prefix); otherwise printable, at most `max_id_chars` ("bad_id");
   - duplicate id: `on_duplicate="replace"` (default; a UI re-sending an edited question
     keeps its id, and the old query's counts and state are dropped) or "reject"
     ("duplicate_id");
@@ -16,7 +16,7 @@ Rules (each rejection raises `QueryRejected`, a ValueError whose `reason` is als
     goes back refills the bucket;
   - size: at most `max_active_queries` at once ("too_many_queries");
   - threshold: None (policy default) or in (0, 1] ("bad_threshold").
-Mode "auto" is resolved with `policies.infer_mode` when the query is added. Response
+Mode "auto" is resolved with `query_text.infer_mode` when the query is added. Response
 limit: `max_responses`, 0 = the mode's default (now: 1, others: unlimited). A query ends
 when it reaches its limit, when `expiry_sec` of camera time has passed since its stamp,
 or on cancel. The registry is not thread-safe; DecisionCore serialises access.
@@ -32,6 +32,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from dispider_ros.core import schema
+from dispider_ros.core.query_text import event_text, infer_mode
 from dispider_ros.core.types import QuerySpec
 
 LOG = logging.getLogger(__name__)
@@ -52,14 +54,16 @@ class RegistryConfig:
         max_id_chars: longest accepted query id.
     """
 
-    max_query_chars: int = 2000
-    max_queries_per_sec: float = 5.0
-    max_active_queries: int = 64
+    max_query_chars: int = schema.default("decision_node", "max_query_chars")
+    max_queries_per_sec: float = schema.default("decision_node", "max_queries_per_sec")
+    max_active_queries: int = schema.default("decision_node", "max_active_queries")
     on_duplicate: str = "replace"
     max_id_chars: int = 128
 
     def __post_init__(self):
-        for name in ("max_query_chars", "max_active_queries", "max_id_chars"):
+        for name in ("max_query_chars", "max_queries_per_sec", "max_active_queries"):
+            setattr(self, name, schema.check("decision_node", name, getattr(self, name)))
+        for name in ("max_id_chars",):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} {value!r} must be an int >= 1")
@@ -84,7 +88,7 @@ class ActiveQuery:
 
     spec: QuerySpec  # mode resolved (never "auto"), stamp filled
     max_responses: int  # resolved; 0 = unlimited
-    event_text: str  # the text the matchers embed (see policies.event_text)
+    event_text: str  # the text the matchers embed (see query_text.event_text)
     responses: int = 0
     text_embedding: Optional[np.ndarray] = None  # (D,) float32, L2-normalised
     state: Dict[str, dict] = field(default_factory=dict)  # camera_id -> policy state
@@ -130,10 +134,13 @@ class QueryRegistry:
 
     Args:
         config: limits and duplicate handling.
+        id_prefix: assigned ids are "<id_prefix>-q<n>" ("q<n>" when empty); DecisionCore
+            passes its own prefix so ids are unique across cores, robots and namespaces.
     """
 
-    def __init__(self, config: Optional[RegistryConfig] = None):
+    def __init__(self, config: Optional[RegistryConfig] = None, id_prefix: str = ""):
         self.config = config or RegistryConfig()
+        self.id_prefix = id_prefix
         self._queries: Dict[str, ActiveQuery] = {}
         self._tokens = float("nan")  # rate-limit bucket, filled on first use
         self._last_now = -math.inf
@@ -153,8 +160,6 @@ class QueryRegistry:
         Raises:
             QueryRejected: see the module docstring; TypeError for a non-str text.
         """
-        from dispider_ros.core.policies import event_text, infer_mode  # policies import us
-
         if not isinstance(now, (int, float)) or not math.isfinite(now):
             raise ValueError(f"now {now!r} must be a finite time in seconds")
         try:
@@ -175,7 +180,7 @@ class QueryRegistry:
             LOG.warning("query %r rejected (%s): %s", spec.query_id, error.reason, error)
             raise
         if not query_id:
-            query_id = self._new_id()
+            query_id = self.new_id()
         mode = infer_mode(text) if spec.mode == "auto" else spec.mode
         stamp = spec.stamp if spec.stamp > 0 else float(now)
         resolved = dataclasses.replace(spec, query_id=query_id, text=text, mode=mode, stamp=stamp)
@@ -240,11 +245,13 @@ class QueryRegistry:
                                 f"{self.config.max_id_chars} or not printable")
         return query_id
 
-    def _new_id(self) -> str:
-        while f"q{self._next_auto_id}" in self._queries:
+    def new_id(self) -> str:
+        """The next assigned query id, never one that is active (a client may have chosen it)."""
+        prefix = f"{self.id_prefix}-" if self.id_prefix else ""
+        while f"{prefix}q{self._next_auto_id}" in self._queries:
             self._next_auto_id += 1
         self._next_auto_id += 1
-        return f"q{self._next_auto_id - 1}"
+        return f"{prefix}q{self._next_auto_id - 1}"
 
     def _take_token(self, now: float) -> None:
         rate = self.config.max_queries_per_sec

@@ -28,6 +28,7 @@ from typing import Callable, Dict, Generic, Optional, TypeVar
 
 import numpy as np
 
+from dispider_ros.core import schema
 from dispider_ros.core.types import Frame
 
 LOG = logging.getLogger(__name__)
@@ -41,12 +42,11 @@ class SamplerConfig:
         max_backward_jump_sec: a stamp further back than this resets the camera.
     """
 
-    sample_fps: float = 2.0
+    sample_fps: float = schema.default("perception_node", "sample_fps")
     max_backward_jump_sec: float = 1.0
 
     def __post_init__(self):
-        if not isinstance(self.sample_fps, (int, float)) or not (0.0 < self.sample_fps <= 1000.0):
-            raise ValueError(f"sample_fps {self.sample_fps!r} must be in (0, 1000]")
+        self.sample_fps = schema.check("perception_node", "sample_fps", self.sample_fps)
         if not isinstance(self.max_backward_jump_sec, (int, float)) or \
                 not (0.0 <= self.max_backward_jump_sec < math.inf):
             raise ValueError(f"max_backward_jump_sec {self.max_backward_jump_sec!r} must be a "
@@ -107,7 +107,7 @@ class FrameSampler:
 
     def offer(self, camera_id: str, stamp: float, image: np.ndarray,
               frame_id: str = "") -> Optional[Frame]:
-        """Offer one source frame; returns a Frame when one is due, else None.
+        """Offer one decoded source frame; returns a Frame when one is due, else None.
 
         Args:
             camera_id: source name (topic or camera id).
@@ -117,6 +117,35 @@ class FrameSampler:
         Raises:
             RejectedFrame: see the module docstring for the reasons.
         """
+        self.check_image(camera_id, image)
+        index = self.take(camera_id, stamp)
+        return None if index is None else self.frame(camera_id, stamp, index, image, frame_id)
+
+    def check_image(self, camera_id: str, image: np.ndarray) -> None:
+        """Raise RejectedFrame("bad_image") unless image is (H, W, 3) uint8 with H, W > 0."""
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 \
+                or image.shape[2] != 3 or image.shape[0] == 0 or image.shape[1] == 0:
+            state = self._cameras.setdefault(camera_id, _CameraState())
+            state.stats.offered += 1
+            desc = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+            self._reject(state, "bad_image", f"camera {camera_id!r}: image {desc} is not "
+                         "(H, W, 3) uint8 with H, W > 0")
+
+    @staticmethod
+    def frame(camera_id: str, stamp: float, index: int, image: np.ndarray,
+              frame_id: str = "") -> Frame:
+        """The Frame of a sample `take` accepted, once its image is decoded."""
+        return Frame(camera_id=camera_id, stamp=float(stamp), index=index, image=image,
+                     frame_id=frame_id)
+
+    def take(self, camera_id: str, stamp: float) -> Optional[int]:
+        """Decide on the stamp alone whether a source frame is sampled, before decoding it.
+
+        Returns:
+            The sampled frame's per-camera index, or None when the frame is not due.
+        Raises:
+            RejectedFrame: bad_stamp or non_monotonic (see the module docstring).
+        """
         state = self._cameras.setdefault(camera_id, _CameraState())
         state.stats.offered += 1
         try:
@@ -125,11 +154,6 @@ class FrameSampler:
             self._reject(state, "bad_stamp", f"camera {camera_id!r}: stamp {stamp!r} is not a number")
         if not math.isfinite(stamp):
             self._reject(state, "bad_stamp", f"camera {camera_id!r}: stamp {stamp!r} is not finite")
-        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 \
-                or image.shape[2] != 3 or image.shape[0] == 0 or image.shape[1] == 0:
-            desc = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
-            self._reject(state, "bad_image", f"camera {camera_id!r}: image {desc} is not "
-                         "(H, W, 3) uint8 with H, W > 0")
         last = state.last_stamp
         if last is not None and stamp <= last:
             if last - stamp > self.config.max_backward_jump_sec:
@@ -145,11 +169,10 @@ class FrameSampler:
         state.next_due = state.next_due + self.period
         if state.next_due + _EPS <= stamp:
             state.next_due = stamp + self.period
-        frame = Frame(camera_id=camera_id, stamp=stamp, index=state.next_index, image=image,
-                      frame_id=frame_id)
+        index = state.next_index
         state.next_index += 1
         state.stats.sampled += 1
-        return frame
+        return index
 
     def stats(self, camera_id: str) -> CameraStats:
         """Counters of one camera (a zeroed record for an unknown camera)."""

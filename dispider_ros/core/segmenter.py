@@ -26,6 +26,8 @@ from typing import Optional
 
 import numpy as np
 
+from dispider_ros.core import schema
+
 LOG = logging.getLogger(__name__)
 
 
@@ -43,16 +45,16 @@ class SegmenterConfig:
             how long a static scene's clip can grow.
     """
 
-    similarity_threshold: float = 0.85
+    similarity_threshold: float = schema.default("perception_node", "clip_similarity_threshold")
     drift_threshold: float = 0.5
-    min_clip_frames: int = 2
-    max_clip_frames: int = 0
+    min_clip_frames: int = schema.default("perception_node", "min_clip_frames")
+    max_clip_frames: int = schema.default("perception_node", "max_clip_frames")
 
     def __post_init__(self):
-        if not isinstance(self.similarity_threshold, (int, float)) or \
-                not (-1.0 <= self.similarity_threshold <= 1.0):
-            raise ValueError(f"similarity_threshold {self.similarity_threshold!r} must be in "
-                             "[-1, 1]")
+        self.similarity_threshold = schema.check("perception_node", "clip_similarity_threshold",
+                                                 self.similarity_threshold)
+        schema.check("perception_node", "min_clip_frames", self.min_clip_frames)
+        schema.check("perception_node", "max_clip_frames", self.max_clip_frames)
         if not isinstance(self.drift_threshold, (int, float)) or \
                 not (-1.0 <= self.drift_threshold <= 1.0):
             raise ValueError(f"drift_threshold {self.drift_threshold!r} must be in [-1, 1]")

@@ -2,10 +2,10 @@
 
 Two modes over the same core objects:
 
-* **offline** (`OfflineReplay`): one process, no DDS. It builds the PerceptionPipeline,
-  DecisionCore and ReactionEngine exactly as the three nodes build them, from the same
-  YAML parameter file (`node_settings` reads each node's ``ros__parameters`` with the
-  ROS wildcard rules, over the nodes' own defaults). The clock is the camera clock of the
+* **offline** (`OfflineReplay`): one process, no DDS: the composition root
+  (core.graph.StreamingGraph) built by dispider_ros.compose, the same builders the three
+  nodes use, from the same YAML parameter file (dispider_ros.settings reads each node's
+  ``ros__parameters`` with the ROS wildcard rules over the one parameter schema). The clock is the camera clock of the
   bag: frames are offered with their stamps, queries are added when the camera time
   reaches them, each trigger's answer is generated to completion before the next frame
   (so memory, and with greedy decoding the answer, are deterministic), and nothing waits
@@ -50,156 +50,12 @@ import yaml
 
 from dispider_ros.eval import annotations as ann
 from dispider_ros.eval import bagio
+from dispider_ros import settings as settings_mod
 from dispider_ros.eval.record import ANNOTATIONS, PREDICTIONS, RunRecorder
 
 LOG = logging.getLogger(__name__)
 
-NODES = ("perception_node", "decision_node", "reaction_node")
-MODEL_PARAM = {"perception_node": "vision_model", "decision_node": "vision_model",
-               "reaction_node": "vlm_model"}
-# The nodes' parameter defaults this replay reads (nodes/*.py PARAMS; a test checks they agree).
-_COMMON = {"preset": "tiny", "device": "", "dtype": "", "local_files_only": True,
-           "trust_remote_code": False}
-NODE_DEFAULTS: Dict[str, Dict[str, Any]] = {
-    "perception_node": {**_COMMON, "vision_model": "", "image_topics": ["image"],
-                        "compressed_topics": [], "max_image_pixels": 4096 * 4096,
-                        "batch_size": 8, "sample_fps": 2.0, "clip_similarity_threshold": 0.85,
-                        "min_clip_frames": 2, "max_clip_frames": 0},
-    "decision_node": {**_COMMON, "vision_model": "", "activation_checkpoint": "",
-                      "trigger_threshold": 0.5, "hysteresis": 0.1, "cooldown_sec": 5.0,
-                      "smoothing": 0.5, "max_query_chars": 2000, "max_queries_per_sec": 5.0},
-    "reaction_node": {**_COMMON, "vlm_model": "", "image_topics": ["image"],
-                      "compressed_topics": [], "max_image_pixels": 4096 * 4096, "max_queue": 8,
-                      "prompt_cameras": "all", "sample_fps": 2.0, "max_tokens": 4096,
-                      "protected_frames": 4, "max_new_tokens": 48, "temperature": 0.0,
-                      "preempt_same_query": True},
-}
-DECISION_LIVE = ("trigger_threshold", "hysteresis", "cooldown_sec", "smoothing",
-                 "max_query_chars", "max_queries_per_sec")
-
-
-# ----------------------------------------------------------------- parameters ---------
-def _flatten(params: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
-    out = {}
-    for key, value in params.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_flatten(value, name + "."))
-        else:
-            out[name] = value
-    return out
-
-
-def _pattern_matches(pattern: str, fqn: str) -> bool:
-    """ROS 2 node-name wildcards: ``*`` = one name token, ``/**`` = any namespaces."""
-    if not pattern.startswith("/"):
-        pattern = "/" + pattern
-    regex = ""
-    for part in pattern.strip("/").split("/"):
-        if part == "**":
-            regex += r"(/[^/]+)*"
-        else:
-            regex += "/" + re.escape(part).replace(r"\*", "[^/]*")
-    return re.fullmatch(regex, fqn) is not None
-
-
-def node_settings(node: str, params_file: Optional[Union[str, Path]] = None,
-                  overrides: Optional[Dict[str, Any]] = None, namespace: str = "") -> Dict[str, Any]:
-    """The parameter values a node would run with: its defaults, then every matching
-    ``ros__parameters`` block of the YAML file in file order, then `overrides` (like -p).
-
-    Args:
-        node: one of NODES.
-        params_file: ROS 2 parameter YAML (default: the package's config/dispider.yaml).
-        overrides: {name: value} applied last.
-        namespace: the node's namespace for wildcard matching ("" = root).
-    """
-    if node not in NODE_DEFAULTS:
-        raise ValueError(f"node {node!r} is not one of {NODES}")
-    settings = copy.deepcopy(NODE_DEFAULTS[node])
-    if params_file is None:
-        from dispider_ros.models.presets import config_file
-
-        params_file = config_file("dispider.yaml")
-    data = yaml.safe_load(Path(params_file).read_text()) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{params_file}: not a ROS 2 parameter file (a mapping of node names)")
-    fqn = f"{namespace.rstrip('/')}/{node}"
-    for pattern, block in data.items():
-        if not isinstance(block, dict) or "ros__parameters" not in block:
-            raise ValueError(f"{params_file}: entry {pattern!r} has no ros__parameters")
-        if _pattern_matches(str(pattern), fqn):
-            settings.update(_flatten(block["ros__parameters"] or {}))
-    settings.update(overrides or {})
-    return settings
-
-
-def resolve_models(node: str, settings: Dict[str, Any]) -> Dict[str, Any]:
-    """model/device/dtype with empty values filled from the preset (DispiderNode.resolve_models)."""
-    from dispider_ros.models.presets import load_preset
-
-    preset = load_preset(settings["preset"])
-    key = "vision_model" if MODEL_PARAM[node] == "vision_model" else "vlm_model"
-    resolved = {"model": settings[MODEL_PARAM[node]] or preset.get(key, ""),
-                "device": settings["device"] or preset.get("device", "cpu"),
-                "dtype": settings["dtype"] or preset.get("dtype", "auto")}
-    if not resolved["model"]:
-        raise ValueError(f"{node}: {MODEL_PARAM[node]} is empty and preset "
-                         f"{settings['preset']!r} names none")
-    return resolved
-
-
-def perception_configs(settings: Dict[str, Any]):
-    """(VisionEncoderConfig, PerceptionConfig) as perception_node.configure_core builds them."""
-    from dispider_ros.core.perception import PerceptionConfig
-    from dispider_ros.core.sampler import SamplerConfig
-    from dispider_ros.core.segmenter import SegmenterConfig
-    from dispider_ros.models.vision import VisionEncoderConfig
-
-    resolved = resolve_models("perception_node", settings)
-    encoder = VisionEncoderConfig(model=resolved["model"], device=resolved["device"],
-                                  dtype=resolved["dtype"], batch_size=settings["batch_size"],
-                                  local_files_only=settings["local_files_only"],
-                                  trust_remote_code=settings["trust_remote_code"])
-    pipeline = PerceptionConfig(
-        sampler=SamplerConfig(sample_fps=float(settings["sample_fps"])),
-        segmenter=SegmenterConfig(similarity_threshold=float(settings["clip_similarity_threshold"]),
-                                  min_clip_frames=settings["min_clip_frames"],
-                                  max_clip_frames=settings["max_clip_frames"]))
-    return encoder, pipeline
-
-
-def decision_configs(settings: Dict[str, Any]):
-    """(VisionEncoderConfig of the text tower, DecisionConfig) as decision_node builds them."""
-    from dispider_ros.core.decision import DecisionConfig
-    from dispider_ros.models.vision import VisionEncoderConfig
-
-    resolved = resolve_models("decision_node", settings)
-    encoder = VisionEncoderConfig(model=resolved["model"], device=resolved["device"],
-                                  dtype=resolved["dtype"],
-                                  local_files_only=settings["local_files_only"],
-                                  trust_remote_code=settings["trust_remote_code"])
-    return encoder, DecisionConfig(**{key: settings[key] for key in DECISION_LIVE})
-
-
-def reaction_config(settings: Dict[str, Any]):
-    """ReactionConfig as reaction_node.configure_core builds it."""
-    from dispider_ros.core.memory import MemoryConfig
-    from dispider_ros.core.reaction import ReactionConfig
-    from dispider_ros.models.vlm import ReactionVLMConfig
-
-    resolved = resolve_models("reaction_node", settings)
-    vlm = ReactionVLMConfig(model=resolved["model"], device=resolved["device"],
-                            dtype=resolved["dtype"], local_files_only=settings["local_files_only"],
-                            trust_remote_code=settings["trust_remote_code"],
-                            max_new_tokens=settings["max_new_tokens"],
-                            temperature=settings["temperature"])
-    return ReactionConfig(memory=MemoryConfig(max_tokens=settings["max_tokens"],
-                                              protected_frames=settings["protected_frames"]),
-                          vlm=vlm, max_queue=settings["max_queue"],
-                          preempt_same_query=settings["preempt_same_query"],
-                          prompt_cameras=settings["prompt_cameras"],
-                          evidence_tolerance_sec=1.0 / float(settings["sample_fps"]))
+NODES = settings_mod.NODES
 
 
 # ------------------------------------------------------------ annotations, time ---------
@@ -311,12 +167,13 @@ class ReplayOptions:
     torch_threads: int = 1
 
     def settings(self, node: str) -> Dict[str, Any]:
-        return node_settings(node, self.params_file,
-                             {"preset": self.preset, **self.overrides.get(node, {})})
+        return settings_mod.node_settings(node, self.params_file,
+                                          {"preset": self.preset, **self.overrides.get(node, {})})
 
 
 class OfflineReplay:
-    """The three cores in one process, driven by the camera clock of a recording.
+    """The composition root (core.graph.StreamingGraph, built by dispider_ros.compose from
+    the nodes' settings) driven by the camera clock of a recording.
 
     Args:
         options: settings (same YAML as the nodes).
@@ -325,40 +182,20 @@ class OfflineReplay:
     def __init__(self, options: ReplayOptions):
         import torch
 
-        from dispider_ros.core.decision import DecisionCore
-        from dispider_ros.core.perception import PerceptionPipeline
-        from dispider_ros.core.reaction import ReactionEngine
-        from dispider_ros.core.sampler import FrameSampler, SamplerConfig
-        from dispider_ros.models.vision import VisionEncoder
+        from dispider_ros import compose
 
         self.options = options
         self.settings = {node: options.settings(node) for node in NODES}
         started = time.perf_counter()
         torch.set_num_threads(options.torch_threads)
-        encoder_config, pipeline_config = perception_configs(self.settings["perception_node"])
-        text_config, decision_config = decision_configs(self.settings["decision_node"])
-        self.encoder = VisionEncoder(encoder_config)
-        # The decision node loads its own copy of the same checkpoint; one copy is the same model.
-        same = (text_config.model, text_config.device, text_config.dtype) == \
-            (encoder_config.model, encoder_config.device, encoder_config.dtype)
-        self.text_encoder = self.encoder if same else VisionEncoder(text_config)
-        head = None
-        checkpoint = self.settings["decision_node"]["activation_checkpoint"]
-        if checkpoint:
-            from dispider_ros.models.activation import ActivationHead
-
-            head = ActivationHead.from_pretrained(checkpoint, device=text_config.device)
-        self.pipeline = PerceptionPipeline(self.encoder, pipeline_config)
-        self.decision = DecisionCore(decision_config, text_encoder=self.text_encoder.encode_texts,
-                                     match_calibration=self.text_encoder.match_calibration(),
-                                     activation_head=head)
-        reaction = self.settings["reaction_node"]
-        # reaction_node samples its own camera subscription at its own sample_fps
-        self.reaction_sampler = FrameSampler(SamplerConfig(sample_fps=float(reaction["sample_fps"])),
-                                             on_reset=lambda *_: self.engine.memory.clear())
-        self.engine = ReactionEngine(reaction_config(reaction), self._on_response)
+        # One answer at a time: memory, and with greedy decoding the text, are deterministic.
+        self.composition = compose.build_graph(
+            self.settings, self._on_response, answer_timeout_sec=options.response_timeout_sec,
+            on_trigger=self._on_trigger)
+        self.graph = self.composition.graph
         self.load_sec = time.perf_counter() - started
         self.recorder: Optional[RunRecorder] = None
+        self._clock: Tuple[float, float] = (0.0, 0.0)  # (camera clock, perf start) of the step
         self._pending: Dict[str, Tuple[float, float]] = {}  # trigger id -> (camera clock, perf start)
         self._lock = threading.Lock()
         self.errors: Dict[str, int] = {}
@@ -372,40 +209,35 @@ class OfflineReplay:
             event.response_id, event.trigger_id, event.query_id, event.stamp, event.camera_id,
             event.text, event.final, sequence=event.sequence,
             ttft_sec=event.ttft_sec if event.final else None, emit_abs_stamp=emit,
-            token_count=event.token_count, error=event.error,
+            token_count=event.token_count, error_code=int(event.error_code), error=event.error,
             revises_response_id=event.revises_response_id,
             **({"stop_reason": event.extras.get("stop_reason", "")} if event.final else {}))
 
-    def _react(self, triggers, clock: float, began: float) -> None:
-        for trigger in triggers:
-            self.recorder.trigger(trigger.trigger_id, trigger.query_id, trigger.stamp,
-                                  trigger.camera_id, trigger.policy, trigger.score,
-                                  trigger.frame_index, trigger.clip_index, trigger.clip_start,
-                                  clock_abs=clock)
-            with self._lock:
-                self._pending[trigger.trigger_id] = (clock, began)
-            self.engine.submit(trigger)
-            # One answer at a time: memory, and with greedy decoding the text, are deterministic.
-            if not self.engine.wait_idle(self.options.response_timeout_sec):
-                raise TimeoutError(f"no answer to trigger {trigger.trigger_id} within "
-                                   f"{self.options.response_timeout_sec:.0f} s")
+    def _on_trigger(self, trigger) -> None:
+        clock, began = self._clock
+        self.recorder.trigger(trigger.trigger_id, trigger.query_id, trigger.stamp,
+                              trigger.camera_id, trigger.policy, trigger.score,
+                              trigger.frame_index, trigger.clip_index, trigger.clip_start,
+                              clock_abs=clock)
+        with self._lock:
+            self._pending[trigger.trigger_id] = (clock, began)
 
     def _ask(self, item: ScheduledQuery) -> None:
-        from dispider_ros.core.types import QuerySpec
+        from dispider_ros.core.types import ErrorCode, QuerySpec
 
         q = item.query
         self.recorder.query(q.query_id, item.abs_stamp, q.text, q.mode, q.camera)
-        began = time.perf_counter()
+        self._clock = (item.abs_stamp, time.perf_counter())
         try:
             spec = QuerySpec(query_id=q.query_id, text=q.text, mode=q.mode,
                              cameras=(q.camera,) if q.camera else (), stamp=item.abs_stamp)
-            _, triggers = self.decision.add_query(spec, item.abs_stamp)
+            self.graph.ask(spec, item.abs_stamp)
         except (ValueError, TypeError) as error:
             # decision_node answers a rejected query with an error Response: record the same.
             self.recorder.response("", "", q.query_id, item.abs_stamp, q.camera, "", True,
+                                   error_code=ErrorCode.QUERY_REJECTED,
                                    error=f"query rejected: {error}")
             return
-        self._react(triggers, item.abs_stamp, began)
 
     def _count(self, kind: str) -> None:
         self.errors[kind] = self.errors.get(kind, 0) + 1
@@ -441,31 +273,22 @@ class OfflineReplay:
             first = frame.stamp if first is None else first
             last = frame.stamp if last is None else max(last, frame.stamp)
             frames += 1
-            began = time.perf_counter()
-            try:
-                rgb = frame.rgb(conversion)
+            self._clock = (frame.stamp, time.perf_counter())
+            try:  # sampled on the stamp first, like the nodes: a frame not due is never decoded
+                index = self.graph.take(frame.topic, frame.stamp)
+                if index is not None:
+                    rgb = frame.rgb(conversion)
+                    self.graph.process([self.graph.frame(frame.topic, frame.stamp, index, rgb,
+                                                         frame.frame_id)])
             except ImageError as error:
                 self._count(f"image_{error.kind}")
-                continue
-            try:
-                kept = self.reaction_sampler.offer(frame.topic, frame.stamp, rgb, frame.frame_id)
-                if kept is not None:
-                    self.engine.ingest(kept)
-            except RejectedFrame as error:
-                self._count(f"reaction_frame_{error.reason}")
-            try:
-                sampled = self.pipeline.offer(frame.topic, frame.stamp, rgb, frame.frame_id)
             except RejectedFrame as error:
                 self._count(f"frame_{error.reason}")
-                continue
-            if sampled is not None:
-                for feature in self.pipeline.process([sampled]):
-                    self._react(self.decision.on_feature(feature), feature.stamp, began)
             progress.update(frame.stamp - t0, f"triggers {recorder.counts['trigger']} "
                             f"responses {recorder.counts['response']}")
         for item in queue:  # asked after the recording ended: the latest frame answers
             self._ask(item)
-        self.engine.wait_idle(self.options.response_timeout_sec)
+        self.graph.wait_idle(self.options.response_timeout_sec)
         wall = time.perf_counter() - wall0
         if first is None:
             raise bagio.NoImagesError(f"{source.path}: the camera topics {cameras} hold no messages")
@@ -474,7 +297,7 @@ class OfflineReplay:
         return self._figures(cameras, frames, camera_sec, wall)
 
     def _figures(self, cameras, frames: int, camera_sec: float, wall: float) -> Dict[str, Any]:
-        stats = self.pipeline.stats()
+        stats = self.graph.perception.stats()
         sampled = {cam: int(stats.get(f"{cam}/sampled", 0)) for cam in cameras}
         figures = {
             "mode": "offline", "frames": frames, "camera_seconds": camera_sec,
@@ -488,16 +311,15 @@ class OfflineReplay:
             "rejected_frames": self.errors,
             "perception_ms_per_frame": stats.get("process_ms_per_frame"),
             "encode_ms_per_frame": stats.get("encode_ms_per_frame"),
-            "decision": self.decision.stats(),
-            "reaction": {k: v for k, v in self.engine.stats().items() if not isinstance(v, bool)},
+            "decision": self.graph.decision.stats(),
+            "reaction": {k: v for k, v in self.graph.reaction.stats().items()
+                         if not isinstance(v, bool)},
             "peak_rss_mb": peak_rss_mb(),
         }
         return figures
 
     def close(self) -> None:
-        self.engine.close()
-        for encoder in {id(self.encoder): self.encoder, id(self.text_encoder): self.text_encoder}.values():
-            encoder.close()
+        self.composition.close()
 
 
 def run_offline(bag: Union[str, Path], annotations_path: Union[str, Path], out: Union[str, Path],
@@ -557,7 +379,7 @@ def live_params_file(options: ReplayOptions, namespace: str, topics: Sequence[ba
     compressed = [namespace + t.topic for t in topics if t.kind == "compressed"]
     for node in NODES:
         params: Dict[str, Any] = {"preset": options.preset, "use_sim_time": True, "autostart": True}
-        if node != "decision_node":
+        if node == "perception_node":
             params.update(image_topics=raw or [""], compressed_topics=compressed or [""],
                           qos_overrides={topic: {"subscription": {"reliability": "reliable", "depth": 5}}
                                          for topic in raw + compressed})
@@ -630,7 +452,8 @@ def run_live(bag: Union[str, Path], annotations_path: Union[str, Path], out: Uni
     params = live_params_file(options, namespace, topics, out)
     logs = out / "logs"
     logs.mkdir(exist_ok=True)
-    perception = node_settings("perception_node", params, {"preset": options.preset}, namespace)
+    perception = settings_mod.node_settings("perception_node", params,
+                                            {"preset": options.preset}, namespace)
     nodes: Dict[str, subprocess.Popen] = {}
     player: Optional[subprocess.Popen] = None
     wall0 = time.monotonic()

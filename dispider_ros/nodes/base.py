@@ -10,13 +10,15 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.parameter import Parameter
 from rclpy.qos import (QoSDurabilityPolicy, QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy,
                        qos_profile_sensor_data)
 from rclpy.qos_overriding_options import QoSOverridingOptions
 
-from dispider_ros.models.presets import load_preset
+from dispider_ros import settings as node_settings
+from dispider_ros.core import schema
 from dispider_ros.nodes.diagnostics import Health
-from dispider_ros.nodes.params import Param, declare, split_changes, values
+from dispider_ros.nodes.params import declare, split_changes, values
 
 # Queries, triggers and responses must not be lost: reliable, a little history.
 RELIABLE = QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=50,
@@ -39,17 +41,20 @@ _CONFIGURE_LOCK = threading.Lock()
 
 
 class DispiderNode(LifecycleNode):
-    """Base: declares PARAMS, validates changes, publishes health, optional autostart.
+    """Base: declares the schema's parameters of NODE, validates changes, publishes health,
+    optional autostart.
 
     Subclasses implement configure_core / activate_io / deactivate_io / cleanup_core,
     check_live(updates) (raise ValueError to reject) and apply_live(updates).
     """
 
-    PARAMS: List[Param] = []
-    MODEL_PARAM = "model"
+    NODE = ""  # the node's name in core/schema.py
 
-    def __init__(self, name: str, **kwargs):
-        super().__init__(name, **kwargs)
+    def __init__(self, **kwargs):
+        super().__init__(self.NODE, **kwargs)
+        self.PARAMS = list(schema.params(self.NODE))
+        self.MODEL_PARAM = schema.MODEL_PARAM[self.NODE]
+        self._from_preset: List[str] = []  # parameters the preset filled in at configure
         declare(self, self.PARAMS)
         self.state_label = "unconfigured"
         self.settings: Dict[str, Any] = {}
@@ -93,26 +98,25 @@ class DispiderNode(LifecycleNode):
     def lifecycle_state_label(self) -> str:
         return self.state_label
 
-    def resolve_models(self, settings: Dict[str, Any]) -> Dict[str, Any]:
-        """Fill empty model/device/dtype from the preset."""
-        preset = load_preset(settings["preset"])
-        key = "vision_model" if self.MODEL_PARAM == "vision_model" else "vlm_model"
-        resolved = {
-            "model": settings[self.MODEL_PARAM] or preset.get(key, ""),
-            "device": settings["device"] or preset.get("device", "cpu"),
-            "dtype": settings["dtype"] or preset.get("dtype", "auto"),
-        }
-        if not resolved["model"]:
-            raise ValueError(f"{self.MODEL_PARAM} is empty and preset {settings['preset']!r} "
-                             "names none")
-        return resolved
+    def _show_resolved(self) -> None:
+        """Let `ros2 param get` read the model, device and dtype actually in use."""
+        shown = {self.MODEL_PARAM: "model", "device": "device", "dtype": "dtype"}
+        self._from_preset = [name for name in shown if not self.settings[name]]
+        self.set_parameters([Parameter(name, value=self.resolved[shown[name]])
+                             for name in self._from_preset])
+
+    def _hide_resolved(self) -> None:
+        """Back to empty (= follow the preset) for what the preset filled in."""
+        names, self._from_preset = getattr(self, "_from_preset", []), []
+        if names:
+            self.set_parameters([Parameter(name, value="") for name in names])
 
     # -- lifecycle -----------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
             with _CONFIGURE_LOCK, self.lock:
                 self.settings = values(self, self.PARAMS)
-                self.resolved = self.resolve_models(self.settings)
+                self.resolved = node_settings.resolve_models(self.NODE, self.settings)
                 if self.settings["torch_threads"]:
                     torch.set_num_threads(self.settings["torch_threads"])
                 if self.settings.get("trust_remote_code"):  # on /rosout too, not only stderr
@@ -125,6 +129,7 @@ class DispiderNode(LifecycleNode):
             self.health.faults["configure_failed"] += 1  # on /diagnostics; logged just above
             self._safe_cleanup()
             return TransitionCallbackReturn.FAILURE
+        self._show_resolved()
         self.state_label = "inactive"
         self.get_logger().info(
             f"configured: model={self.resolved['model']} device={self.resolved['device']} "
@@ -150,6 +155,7 @@ class DispiderNode(LifecycleNode):
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._safe_cleanup()
         self.state_label = "unconfigured"
+        self._hide_resolved()
         self.get_logger().info("cleaned up (models released)")
         return super().on_cleanup(state)
 
@@ -187,7 +193,10 @@ class DispiderNode(LifecycleNode):
 
     # -- parameters ----------------------------------------------------------------------
     def _on_set_parameters(self, changes) -> SetParametersResult:
-        updates, static = split_changes(self.PARAMS, changes)
+        try:
+            updates, static = split_changes(self.PARAMS, changes)
+        except ValueError as error:
+            return SetParametersResult(successful=False, reason=str(error))
         if static and self.state_label not in ("unconfigured", "finalized"):
             return SetParametersResult(successful=False, reason=(
                 f"{', '.join(static)} can only change while unconfigured (now "

@@ -1,8 +1,10 @@
-"""Camera subscriptions with a latest-frame policy, feeding a worker thread.
+"""Camera subscriptions that sample on header stamps, feeding a worker thread.
 
-The image callback only parks the message in a per-camera LatestSlot (microseconds), so
-it never starves parameter, lifecycle or query callbacks; conversion and model work run
-on this class's own thread. A frame the worker never took is counted as dropped.
+The image callback reads the header stamp and asks `take(camera_id, stamp)` whether the
+frame is sampled (microseconds): a frame that is not due is never decoded. A due message
+is parked in a per-camera LatestSlot, so the callback never starves parameter, lifecycle
+or query callbacks; conversion and model work run on this class's own thread. A due frame
+the worker never took (overwritten by the next due one) is counted as dropped.
 """
 from __future__ import annotations
 
@@ -20,8 +22,11 @@ from dispider_ros.imaging import ConversionConfig, ImageError, message_to_rgb8
 from dispider_ros.nodes.base import SENSOR, SENSOR_OVERRIDES
 from dispider_ros.nodes.convert import to_sec
 
-# (camera_id, stamp sec, RGB (H, W, 3) uint8, frame_id, receipt time.monotonic())
-CameraFrame = Tuple[str, float, np.ndarray, str, float]
+# (camera_id, stamp sec, sampled index, RGB (H, W, 3) uint8, frame_id, receipt time.monotonic())
+CameraFrame = Tuple[str, float, int, np.ndarray, str, float]
+# take(camera_id, stamp) -> sampled frame index, or None when the frame is not due; may raise
+# a ValueError with a `.reason` (core.sampler.RejectedFrame).
+TakeFn = Callable[[str, float], Optional[int]]
 
 
 def _official_cv_bridge():
@@ -41,12 +46,14 @@ class CameraInput:
         node: the owning node (subscriptions, logging, health).
         image_topics, compressed_topics: relative topic names; the resolved name is the
             camera id.
+        take: the sampling decision on the header stamp (called on the callback thread).
         handle: called on the worker thread with each batch (one latest frame per camera).
     """
 
     def __init__(self, node, image_topics: List[str], compressed_topics: List[str],
-                 handle: Callable[[List[CameraFrame]], None], max_pixels: int):
+                 take: TakeFn, handle: Callable[[List[CameraFrame]], None], max_pixels: int):
         self.node = node
+        self.take = take
         self.handle = handle
         self.conversion = ConversionConfig(max_pixels=max_pixels)
         self.bridge = _official_cv_bridge()
@@ -74,7 +81,15 @@ class CameraInput:
 
     def _on_image(self, camera_id: str, slot: LatestSlot, msg) -> None:
         self.received += 1
-        slot.put((camera_id, msg, time.monotonic()))
+        received = time.monotonic()
+        try:
+            index = self.take(camera_id, to_sec(msg.header.stamp))
+        except ValueError as error:  # RejectedFrame: bad or non-monotonic stamp
+            self.node.health.fault(f"frame_{getattr(error, 'reason', 'rejected')}", str(error))
+            return
+        if index is None:
+            return  # not sampled: never decoded
+        slot.put((camera_id, msg, received, index))
         self._wake.set()
 
     def start(self) -> None:
@@ -121,7 +136,7 @@ class CameraInput:
                 item = slot.get(timeout=0)
                 if item is None:
                     continue
-                camera_id, msg, received = item
+                camera_id, msg, received, index = item
                 try:
                     rgb = self.convert(msg)
                 except ImageError as error:
@@ -131,7 +146,8 @@ class CameraInput:
                     self.node.health.fault("image_conversion", f"{camera_id}: {error}")
                     continue
                 self.lag_ms.append((time.monotonic() - received) * 1e3)
-                batch.append((camera_id, to_sec(msg.header.stamp), rgb, msg.header.frame_id, received))
+                batch.append((camera_id, to_sec(msg.header.stamp), index, rgb, msg.header.frame_id,
+                              received))
             if not batch:
                 continue
             try:

@@ -1,71 +1,40 @@
 """decision_node: queries x perception features -> Trigger messages (when to respond)."""
 from __future__ import annotations
 
-import itertools
 import math
+import uuid
 from typing import Any, Dict, List, Optional
 
 from std_msgs.msg import String
 
-from dispider_ros.core.decision import DecisionConfig, DecisionCore
+from dispider_ros import compose
+from dispider_ros.core.decision import DecisionCore
 from dispider_ros.core.types import TriggerEvent
-from dispider_ros.models.activation import ActivationHead
-from dispider_ros.models.vision import VisionEncoder, VisionEncoderConfig
 from dispider_ros.msg import FrameFeature, Query, Response, Trigger
 from dispider_ros.nodes.base import RELIABLE, RELIABLE_INPUT, DispiderNode, run
 from dispider_ros.nodes.convert import (feature_from_msg, header, query_from_msg, to_sec,
                                         trigger_to_msg)
-from dispider_ros.nodes.params import Param, common_params
-
-LIVE = ("trigger_threshold", "hysteresis", "cooldown_sec", "smoothing", "max_query_chars",
-        "max_queries_per_sec")
-PARAMS = common_params("vision_model", "SigLIP/CLIP checkpoint whose text tower scores "
-                       "match queries (use perception's)") + [
-    Param("activation_checkpoint", "", "folder of a trained activation head (enables mode "
-          "'activation'); empty = none", static=True),
-    Param("trigger_threshold", 0.5, "score at which match/activation queries fire", 0.0, 1.0),
-    Param("hysteresis", 0.1, "a fired query re-arms after its score falls below threshold "
-          "minus this", 0.0, 1.0),
-    Param("cooldown_sec", 5.0, "camera seconds after a trigger before the same query may "
-          "fire again", 0.0, 3600.0),
-    Param("smoothing", 0.5, "EMA weight of the past score (0 = no smoothing)", 0.0, 0.99),
-    Param("max_query_chars", 2000, "longer queries are rejected", 1, 100000),
-    Param("max_queries_per_sec", 5.0, "query rate limit (camera time)", 0.01, 1000.0),
-]
-
 
 class DecisionNode(DispiderNode):
     """Holds the active queries; publishes a Trigger whenever a policy fires."""
 
-    PARAMS = PARAMS
-    MODEL_PARAM = "vision_model"
+    NODE = "decision_node"
 
     def __init__(self, **kwargs):
-        super().__init__("decision_node", **kwargs)
+        super().__init__(**kwargs)
         self.core: Optional[DecisionCore] = None
-        self.encoder: Optional[VisionEncoder] = None
+        self.encoder = None
         self.trigger_pub = None
         self.rejection_pub = None
         self.inputs: List = []
         self.latest_stamp = 0.0
-        self._ids = itertools.count(1)
-
-    def _config(self, settings: Dict[str, Any]) -> DecisionConfig:
-        return DecisionConfig(**{key: settings[key] for key in LIVE})
 
     def configure_core(self, settings: Dict[str, Any]) -> None:
-        config = self._config(settings)
-        self.encoder = VisionEncoder(VisionEncoderConfig(
-            model=self.resolved["model"], device=self.resolved["device"],
-            dtype=self.resolved["dtype"], local_files_only=settings["local_files_only"],
-            trust_remote_code=settings["trust_remote_code"]))
-        head = None
-        if settings["activation_checkpoint"]:
-            head = ActivationHead.from_pretrained(settings["activation_checkpoint"],
-                                                  device=self.resolved["device"])
-        self.core = DecisionCore(config, text_encoder=self.encoder.encode_texts,
-                                 match_calibration=self.encoder.match_calibration(),
-                                 activation_head=head)
+        self.encoder = compose.load_vision_encoder(settings, self.NODE)
+        # Assigned query ids and trigger ids name this node and this configure, so they never
+        # collide across robots, namespaces or restarts ("/robot1/decision_node-3fa2c1-q1").
+        id_prefix = f"{self.get_fully_qualified_name()}-{uuid.uuid4().hex[:6]}"
+        self.core = compose.decision_stage(settings, self.encoder, id_prefix=id_prefix)
         self.trigger_pub = self.create_lifecycle_publisher(Trigger, "trigger", RELIABLE)
         self.rejection_pub = self.create_lifecycle_publisher(Response, "response", RELIABLE)
 
@@ -98,10 +67,10 @@ class DecisionNode(DispiderNode):
             self.encoder = None
 
     def check_live(self, updates: Dict[str, Any]) -> None:
-        self._config({**self.settings, **updates})
+        compose.decision_config({**self.settings, **updates})
 
     def apply_live(self, updates: Dict[str, Any]) -> None:
-        self.core.set_config(**{k: v for k, v in updates.items() if k in LIVE})
+        self.core.set_config(**{k: v for k, v in updates.items() if k in compose.DECISION_FIELDS})
 
     # -- inputs --------------------------------------------------------------------------
     def _on_feature(self, msg: FrameFeature) -> None:
@@ -127,7 +96,7 @@ class DecisionNode(DispiderNode):
             else:
                 self.get_logger().info(f"query {msg.query_id!r} cancelled")
             return
-        assigned = f"{self.get_name()}-q{next(self._ids)}"
+        assigned = "" if msg.query_id else core.new_query_id()
         stamp = to_sec(msg.header.stamp)
         try:
             spec = query_from_msg(msg, assigned)
@@ -150,7 +119,8 @@ class DecisionNode(DispiderNode):
     def _reject(self, query_id: str, stamp: float, reason: str) -> None:
         self.rejection_pub.publish(Response(
             header=header(stamp if math.isfinite(stamp) else 0.0), query_id=query_id,
-            final=True, error=f"query rejected: {reason}"))
+            final=True, ttft_sec=math.nan, error_code=Response.QUERY_REJECTED,
+            error=f"query rejected: {reason}"))
 
     def _publish(self, triggers: List[TriggerEvent]) -> None:
         for event in triggers:

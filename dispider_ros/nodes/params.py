@@ -1,57 +1,43 @@
-"""Parameters declared in one place with descriptions and ranges (`ros2 param describe`)."""
+"""ROS parameters declared from the one schema (core/schema.py), with descriptors and ranges."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Tuple
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.parameter import Parameter
 
+from dispider_ros.core.schema import Param
 
-@dataclass(frozen=True)
-class Param:
-    """One node parameter.
 
-    `static` parameters (model, device, dtype, topics) may only change while the node is
-    unconfigured: they take effect on the next configure. The others are live: they are
-    validated by the core's config dataclass and applied at once.
-    """
-
-    name: str
-    default: Any
-    description: str
-    low: Optional[float] = None  # inclusive range, enforced by rclpy
-    high: Optional[float] = None
-    static: bool = False
-
-    def descriptor(self) -> ParameterDescriptor:
-        when = "static: change while unconfigured, applies on configure" if self.static \
-            else "live: tunable with `ros2 param set`"
-        descriptor = ParameterDescriptor(description=f"{self.description} ({when})")
-        if self.low is not None:
-            if isinstance(self.default, bool):
-                pass
-            elif isinstance(self.default, int):
-                descriptor.integer_range = [IntegerRange(
-                    from_value=int(self.low), to_value=int(self.high), step=0)]
-            else:
-                descriptor.floating_point_range = [FloatingPointRange(
-                    from_value=float(self.low), to_value=float(self.high), step=0.0)]
-        if isinstance(self.default, list) and not self.default:
-            descriptor.type = Parameter.Type.STRING_ARRAY.value
-        return descriptor
+def descriptor(param: Param) -> ParameterDescriptor:
+    """`ros2 param describe` text and the range rclpy enforces."""
+    when = "live: tunable with `ros2 param set`" if param.live else \
+        "static: change while unconfigured, applies on configure"
+    text = param.description
+    if param.choices:
+        text += f"; one of {', '.join(repr(c) for c in param.choices)}"
+    out = ParameterDescriptor(description=f"{text} ({when})")
+    if param.low is not None and not isinstance(param.default, bool):
+        if isinstance(param.default, int):
+            out.integer_range = [IntegerRange(from_value=int(param.low), to_value=int(param.high),
+                                              step=0)]
+        else:
+            out.floating_point_range = [FloatingPointRange(
+                from_value=float(param.low), to_value=float(param.high), step=0.0)]
+    if isinstance(param.default, list):
+        out.type = Parameter.Type.STRING_ARRAY.value
+    return out
 
 
 def declare(node, params: Iterable[Param]) -> None:
     for param in params:
         if isinstance(param.default, list) and not param.default:
             # An empty list has no type of its own: declare the type, then set the value.
-            node.declare_parameter(param.name, Parameter.Type.STRING_ARRAY, param.descriptor())
-            if not node.has_parameter(param.name) or \
-                    node.get_parameter_or(param.name).type_ == Parameter.Type.NOT_SET:
+            node.declare_parameter(param.name, Parameter.Type.STRING_ARRAY, descriptor(param))
+            if node.get_parameter_or(param.name).type_ == Parameter.Type.NOT_SET:
                 node.set_parameters([Parameter(param.name, Parameter.Type.STRING_ARRAY, [])])
         else:
-            node.declare_parameter(param.name, param.default, param.descriptor())
+            node.declare_parameter(param.name, param.default, descriptor(param))
 
 
 def values(node, params: Iterable[Param]) -> Dict[str, Any]:
@@ -63,36 +49,18 @@ def values(node, params: Iterable[Param]) -> Dict[str, Any]:
 
 
 def split_changes(params: List[Param], changes: List[Parameter]) -> Tuple[Dict[str, Any], List[str]]:
-    """Return ({name: new value} of known params, [names of static ones among them])."""
+    """Return ({name: new value} of known params, [names of static ones among them]).
+
+    Raises ValueError naming the value when the schema refuses it (choices, list items).
+    """
     by_name = {p.name: p for p in params}
     updates, static = {}, []
     for change in changes:
         if change.name not in by_name:
             continue
         value = change.value
-        updates[change.name] = list(value) if isinstance(value, (list, tuple)) else value
-        if by_name[change.name].static:
+        value = list(value) if isinstance(value, (list, tuple)) else value
+        updates[change.name] = by_name[change.name].check(value)
+        if not by_name[change.name].live:
             static.append(change.name)
     return updates, static
-
-
-def common_params(model_param: str, model_description: str) -> List[Param]:
-    """Parameters every dispider node has."""
-    return [
-        Param("preset", "tiny", "model preset from config/presets (tiny, qwen2vl_2b, ...): "
-              "fills model, device and dtype where those are empty", static=True),
-        Param(model_param, "", model_description + "; Hugging Face id, local folder or "
-              "tiny:<family>; empty = from the preset", static=True),
-        Param("device", "", "torch device: cpu, cuda:0, cuda:1 ...; empty = from the preset",
-              static=True),
-        Param("dtype", "", "float32 | float16 | bfloat16 | auto; empty = from the preset",
-              static=True),
-        Param("local_files_only", True, "never contact a model hub", static=True),
-        Param("trust_remote_code", False, "run code shipped with a checkpoint (off: a "
-              "checkpoint cannot execute code in this process)", static=True),
-        Param("torch_threads", 0, "torch intra-op threads of this process; 0 = torch's "
-              "default (all cores). Three nodes on a small CPU: 1 each", 0, 256, static=True),
-        Param("autostart", False, "configure and activate on start-up without a lifecycle "
-              "manager", static=True),
-        Param("diagnostics_period_sec", 1.0, "period of /diagnostics messages", 0.1, 60.0),
-    ]

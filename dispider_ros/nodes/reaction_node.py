@@ -1,149 +1,135 @@
-"""reaction_node: camera frames -> memory (encoded on arrival); triggers -> streamed answers."""
+"""reaction_node: perception's sampled frames -> memory (encoded on arrival); triggers ->
+streamed answers. It has no camera subscription of its own: it stores exactly the frames
+perception sampled (`sampled_image`), so every trigger's evidence frame is one of them."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, List, Optional
+import queue
+import threading
+from typing import Any, Dict, Optional
 
 from std_msgs.msg import String
 
-from dispider_ros.core.memory import MemoryConfig
-from dispider_ros.core.reaction import ReactionConfig, ReactionEngine
-from dispider_ros.core.sampler import FrameSampler, RejectedFrame, SamplerConfig
-from dispider_ros.core.types import ResponseEvent
-from dispider_ros.models.vlm import ReactionVLMConfig
-from dispider_ros.msg import Response, Trigger
+from dispider_ros import compose
+from dispider_ros.core.reaction import ReactionEngine
+from dispider_ros.core.types import ErrorCode, ResponseEvent
+from dispider_ros.imaging import ConversionConfig, ImageError
+from dispider_ros.msg import Response, SampledImage, Trigger
 from dispider_ros.nodes.base import RELIABLE, RELIABLE_INPUT, DispiderNode, run
-from dispider_ros.nodes.camera_input import CameraFrame, CameraInput
 from dispider_ros.nodes.convert import response_to_msg, trigger_from_msg
-from dispider_ros.nodes.params import Param, common_params
+from dispider_ros.nodes.sampled_image import frame_from_msg
 
 GENERATION = ("max_new_tokens", "temperature")
-PARAMS = common_params("vlm_model", "video-LLM answering triggers (Qwen2-VL / Qwen2.5-VL "
-                       "family)") + [
-    Param("image_topics", ["image"], "sensor_msgs/Image topics whose frames go to memory",
-          static=True),
-    Param("compressed_topics", [], "sensor_msgs/CompressedImage topics for memory", static=True),
-    Param("max_image_pixels", 4096 * 4096, "larger frames are refused as malformed",
-          1, 1 << 28, static=True),
-    Param("max_queue", 8, "triggers waiting at most; overflow drops the oldest", 1, 1000,
-          static=True),
-    Param("prompt_cameras", "all", "frames in the prompt: all cameras, or only the "
-          "trigger's camera ('trigger')", static=True),
-    Param("sample_fps", 2.0, "frames per second of camera time put into memory", 0.05, 120.0),
-    Param("max_tokens", 4096, "memory budget in prompt tokens (visual tokens, each frame's "
-          "label and markers, dialogue); round-decayed compression keeps the buffer under it",
-          64, 10_000_000),
-    Param("protected_frames", 4, "newest frames per camera never compressed", 0, 10000,
-          static=True),
-    Param("max_new_tokens", 48, "answer length limit in tokens", 1, 8192),
-    Param("temperature", 0.0, "sampling temperature; 0 = greedy", 0.0, 5.0),
-    Param("preempt_same_query", True, "a newer trigger for a query stops its stale answer "
-          "(the new answer names the one it revises)", static=True),
-]
+# Sampled frames waiting to be encoded into memory; at 2 fps this is half a minute of
+# backlog (a link that comes back after an outage), beyond which the oldest are dropped.
+FRAME_BACKLOG = 64
 
 
 class ReactionNode(DispiderNode):
-    """Keeps the memory fed from its own camera subscription; answers on a worker thread."""
+    """Feeds the memory from `sampled_image` on a worker thread; answers on another."""
 
-    PARAMS = PARAMS
-    MODEL_PARAM = "vlm_model"
+    NODE = "reaction_node"
 
     def __init__(self, **kwargs):
-        super().__init__("reaction_node", **kwargs)
+        super().__init__(**kwargs)
         self.engine: Optional[ReactionEngine] = None
-        self.sampler: Optional[FrameSampler] = None
-        self.cameras: Optional[CameraInput] = None
-        self.trigger_sub = None
+        self.vlm = None
+        self.frame_sub = self.trigger_sub = None
         self.final_pub = self.stream_pub = self.text_pub = None
-        self.memory_clears = 0  # camera-time jumps back that emptied the memory
+        self.conversion = ConversionConfig()
+        self._frames: "queue.Queue[Optional[SampledImage]]" = queue.Queue(maxsize=FRAME_BACKLOG)
+        self._ingest_thread: Optional[threading.Thread] = None
+        self.frames_backlog_dropped = 0
 
     def configure_core(self, settings: Dict[str, Any]) -> None:
-        vlm = ReactionVLMConfig(
-            model=self.resolved["model"], device=self.resolved["device"],
-            dtype=self.resolved["dtype"], local_files_only=settings["local_files_only"],
-            trust_remote_code=settings["trust_remote_code"],
-            max_new_tokens=settings["max_new_tokens"], temperature=settings["temperature"])
-        config = ReactionConfig(
-            memory=MemoryConfig(max_tokens=settings["max_tokens"],
-                                protected_frames=settings["protected_frames"]),
-            vlm=vlm, max_queue=settings["max_queue"],
-            preempt_same_query=settings["preempt_same_query"],
-            prompt_cameras=settings["prompt_cameras"],
-            evidence_tolerance_sec=1.0 / settings["sample_fps"])
-        self.sampler = FrameSampler(SamplerConfig(sample_fps=settings["sample_fps"]),
-                                    on_reset=self._on_clock_jump)
+        self.vlm = compose.load_reaction_vlm(settings)
+        self.conversion = ConversionConfig(max_pixels=settings["max_image_pixels"])
         self.final_pub = self.create_lifecycle_publisher(Response, "response", RELIABLE)
         self.stream_pub = self.create_lifecycle_publisher(Response, "response_stream", RELIABLE)
         self.text_pub = self.create_lifecycle_publisher(String, "response_text", RELIABLE)
-        self.engine = ReactionEngine(config, self._on_response)
+        self.engine = compose.reaction_stage(settings, self._on_response, self.vlm)
 
     def activate_io(self) -> None:
-        self.cameras = CameraInput(self, self.settings["image_topics"],
-                                   self.settings["compressed_topics"], self._on_frames,
-                                   self.settings["max_image_pixels"])
-        self.cameras.start()
+        self._ingest_thread = threading.Thread(target=self._ingest_loop, name="frame-ingest",
+                                               daemon=True)
+        self._ingest_thread.start()
+        self.frame_sub = self.create_subscription(SampledImage, "sampled_image", self._on_frame,
+                                                  RELIABLE, callback_group=self.input_group)
         self.trigger_sub = self.create_subscription(Trigger, "trigger", self._on_trigger,
                                                     RELIABLE_INPUT, callback_group=self.control_group)
 
     def deactivate_io(self) -> None:
-        if self.trigger_sub is not None:
-            self.destroy_subscription(self.trigger_sub)
-            self.trigger_sub = None
-        if self.cameras is not None:
-            self.cameras.stop()
-            self.cameras = None
+        for name in ("trigger_sub", "frame_sub"):
+            subscription = getattr(self, name)
+            if subscription is not None:
+                self.destroy_subscription(subscription)
+                setattr(self, name, None)
+        thread, self._ingest_thread = self._ingest_thread, None
+        if thread is not None:
+            self._put_frame(None)  # wakes the worker to stop
+            if thread is not threading.current_thread():
+                thread.join(timeout=30)
 
     def cleanup_core(self) -> None:
         self.deactivate_io()
         if self.engine is not None:
             self.engine.close()
-            self.engine.vlm.close()
             self.engine = None
+        if self.vlm is not None:
+            self.vlm.close()
+            self.vlm = None
         for name in ("final_pub", "stream_pub", "text_pub"):
             publisher = getattr(self, name)
             if publisher is not None:
                 self.destroy_lifecycle_publisher(publisher)
                 setattr(self, name, None)
-        self.sampler = None
 
     def check_live(self, updates: Dict[str, Any]) -> None:
         merged = {**self.settings, **updates}
-        SamplerConfig(sample_fps=merged["sample_fps"])
-        dataclasses.replace(self.engine.memory.config, max_tokens=merged["max_tokens"])
-        dataclasses.replace(self.engine.vlm.config,
-                            **{key: merged[key] for key in GENERATION})
+        compose.reaction_config(merged)
+        compose.reaction_vlm_config(merged, self.resolved)
 
     def apply_live(self, updates: Dict[str, Any]) -> None:
-        if "sample_fps" in updates:
-            self.sampler.set_sample_fps(updates["sample_fps"])
-            self.engine.config.evidence_tolerance_sec = 1.0 / updates["sample_fps"]
         if "max_tokens" in updates:
             self.engine.memory.set_max_tokens(updates["max_tokens"])
+        if "evidence_timeout_sec" in updates:
+            self.engine.config.evidence_timeout_sec = updates["evidence_timeout_sec"]
         generation = {key: updates[key] for key in GENERATION if key in updates}
         if generation:  # read by the next generate() call
             self.engine.vlm.config = dataclasses.replace(self.engine.vlm.config, **generation)
 
     # -- data path -----------------------------------------------------------------------
-    def _on_frames(self, batch: List[CameraFrame]) -> None:
-        """Camera worker thread: sample, then encode visual tokens into memory now."""
-        engine, sampler = self.engine, self.sampler
-        if engine is None:
-            return
-        for camera_id, stamp, rgb, frame_id, _ in batch:
-            try:
-                frame = sampler.offer(camera_id, stamp, rgb, frame_id)
-            except RejectedFrame as error:
-                self.health.fault(f"frame_{error.reason}", str(error))
-                continue
-            if frame is not None:
-                engine.ingest(frame)
+    def _on_frame(self, msg: SampledImage) -> None:
+        """Executor thread: queue the sampled frame for the ingest worker (never blocks)."""
+        self._put_frame(msg)
 
-    def _on_clock_jump(self, camera_id: str, last: float, stamp: float) -> None:
-        self.get_logger().warning(
-            f"{camera_id}: camera time jumped back {last:.3f} -> {stamp:.3f} s (bag loop or "
-            "sim-time reset): memory cleared")
-        self.engine.memory.clear()
-        self.memory_clears += 1
+    def _put_frame(self, item: Optional[SampledImage]) -> None:
+        while True:
+            try:
+                self._frames.put_nowait(item)
+                return
+            except queue.Full:  # a backlog after an outage: the oldest frames go first
+                try:
+                    self._frames.get_nowait()
+                    self.frames_backlog_dropped += 1
+                except queue.Empty:
+                    pass
+
+    def _ingest_loop(self) -> None:
+        """Worker thread: decode each sampled frame and encode its visual tokens into memory."""
+        while True:
+            msg = self._frames.get()
+            if msg is None:
+                return
+            engine = self.engine
+            if engine is None:
+                continue
+            try:
+                engine.ingest(frame_from_msg(msg, self.conversion))
+            except ImageError as error:
+                self.health.fault(f"image_{error.kind}", f"{msg.camera_id}: {error}")
+            except Exception as error:  # the worker must survive anything a frame does
+                self.health.fault("ingest", f"{type(error).__name__}: {error}")
 
     def _on_trigger(self, msg: Trigger) -> None:
         engine = self.engine
@@ -153,6 +139,13 @@ class ReactionNode(DispiderNode):
             engine.submit(trigger_from_msg(msg))
         except (ValueError, TypeError, RuntimeError) as error:
             self.health.fault("trigger", f"trigger {msg.trigger_id!r}: {error}")
+            publisher = self.final_pub  # whoever waits on this trigger still gets its final
+            if publisher is not None:
+                publisher.publish(Response(
+                    header=msg.header, response_id=response_id(msg.trigger_id),
+                    trigger_id=msg.trigger_id, query_id=msg.query_id, camera_id=msg.camera_id,
+                    final=True, ttft_sec=math.nan, error_code=ErrorCode.NOT_STARTED,
+                    error=f"{type(error).__name__}: {error}"))
 
     def _on_response(self, event: ResponseEvent) -> None:
         """Worker thread: publish chunks on the stream, finals on response (+ text mirror)."""
@@ -161,30 +154,20 @@ class ReactionNode(DispiderNode):
             self.stream_pub.publish(message)
             return
         self.final_pub.publish(message)
-        if event.error:
-            self.health.fault(_fault_kind(event), f"response {event.response_id}: {event.error}")
+        if event.error_code != ErrorCode.OK:  # one counter per code: a queue outcome is no model fault
+            self.health.fault(ErrorCode(event.error_code).name.lower(),
+                              f"response {event.response_id}: {event.error}")
         mirror = f"[{event.query_id}] {event.text}" + (f" (error: {event.error})" if event.error else "")
         self.text_pub.publish(String(data=mirror))
 
     def status_values(self) -> Dict[str, Any]:
         values: Dict[str, Any] = {"model": self.resolved.get("model", ""),
-                                  "memory_clears": self.memory_clears}
-        engine, cameras = self.engine, self.cameras
-        if cameras is not None:
-            values.update(cameras.stats())
+                                  "frames_backlog": self._frames.qsize(),
+                                  "frames_backlog_dropped": self.frames_backlog_dropped}
+        engine = self.engine
         if engine is not None:
             values.update(engine.stats())
         return values
-
-
-def _fault_kind(event: ResponseEvent) -> str:
-    """Diagnostics counter of an error final: a queue outcome is not a model fault."""
-    if event.extras.get("stop_reason") != "not_started":
-        return "generation"
-    for prefix, kind in (("dropped", "trigger_dropped"), ("superseded", "trigger_superseded")):
-        if event.error.startswith(prefix):
-            return kind
-    return "trigger_not_started"
 
 
 def main(args=None):

@@ -248,20 +248,37 @@ def test_budget_invariants_hold_for_any_stream(events, max_tokens, protected, st
 
 def test_wait_for_frame_wakes_on_arrival_and_times_out():
     mem = MemoryBuffer(MemoryConfig(max_tokens=1000))
-    assert mem.wait_for_frame("cam", 1.0, timeout=0.01) is False
+    assert mem.wait_for_frame("cam", 1, timeout=0.01) is False and not mem.has_frame("cam", 0)
     arrived = threading.Event()
 
     def waiter():
-        if mem.wait_for_frame("cam", 1.0, timeout=10.0):
+        if mem.wait_for_frame("cam", 1, timeout=10.0):
             arrived.set()
 
     thread = threading.Thread(target=waiter)
     thread.start()
-    mem.add_frame(frame(0.5))
-    assert not arrived.wait(0.01)
-    mem.add_frame(frame(1.0))
+    mem.add_frame(frame(0.5, index=0))
+    assert not arrived.wait(0.01) and mem.has_frame("cam", 0) and not mem.has_frame("cam", 1)
+    mem.add_frame(frame(1.0, index=1))
     assert arrived.wait(10.0)
     thread.join(10.0)
+    assert not mem.has_frame("other", 0)
+
+
+def test_clear_one_camera_keeps_the_others():
+    mem = MemoryBuffer(MemoryConfig(max_tokens=10_000, protected_frames=2))
+    for i in range(5):
+        mem.add_frame(frame(float(i), camera="a", index=i))
+        mem.add_frame(frame(float(i) + 0.5, camera="b", index=i))
+    mem.add_turn("user", "what is on a", 5.0, camera_id="a", n_tokens=4)
+    before_b = [it.key for it in mem.snapshot() if it.camera_id == "b"]
+    mem.clear("a")
+    items = mem.snapshot()
+    assert [it.key for it in items] == before_b
+    assert mem.token_count() == sum(it.n_tokens for it in items)
+    assert mem.has_frame("a", 4)  # indices keep counting across a clear
+    mem.add_frame(frame(0.1, camera="a", index=5))  # a's new timeline starts again
+    assert mem.latest_stamp("a") == 0.1 and len(frames_of(mem.snapshot(["a"]))) == 1
 
 
 def test_stats_and_clear():

@@ -1,0 +1,182 @@
+"""The one parameter schema: every node parameter's name, default, range, description and
+live/static flag, written once.
+
+Everything else derives from it: the nodes declare their ROS parameters from it
+(nodes/params.py turns a Param into a ParameterDescriptor), the core and model config
+dataclasses take their defaults and ranges from it, `dispider_ros.settings` reads parameter
+files against it (offline replay, benchmarks) and config/dispider.yaml may only name keys it
+holds (a test checks). Pure data: no ROS, no models.
+
+`live` parameters are tunable with `ros2 param set` while the node runs; static ones
+(models, devices, topics, queue sizes) may only change while the node is unconfigured and
+take effect at the next configure.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
+
+NODES = ("perception_node", "decision_node", "reaction_node")
+MODEL_PARAM = {"perception_node": "vision_model", "decision_node": "vision_model",
+               "reaction_node": "vlm_model"}
+
+
+@dataclass(frozen=True)
+class Param:
+    """One node parameter.
+
+    Args:
+        name: the ROS parameter name.
+        default: its value when nothing sets it; its Python type is the parameter's type
+            (an empty list is a string array).
+        description: what it does, with its unit.
+        low, high: inclusive range of a number (enforced by rclpy and by `check`).
+        live: tunable while the node runs (else static).
+        choices: allowed values of a string parameter.
+    """
+
+    name: str
+    default: Any
+    description: str
+    low: Optional[float] = None
+    high: Optional[float] = None
+    live: bool = False
+    choices: Tuple[str, ...] = ()
+
+    def check(self, value: Any) -> Any:
+        """Return value if it is valid for this parameter, else raise ValueError naming it."""
+        kind = type(self.default)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if kind is list:
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                raise ValueError(f"{self.name} {value!r} must be a list of strings")
+            return list(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ValueError(f"{self.name} {value!r} must be a {kind.__name__}")
+        if kind is float and math.isnan(value):
+            raise ValueError(f"{self.name} {value!r} must be a number, not NaN")
+        if self.low is not None and not (self.low <= value <= self.high):
+            raise ValueError(f"{self.name} {value!r} must be in [{self.low}, {self.high}]")
+        if self.choices and value not in self.choices:
+            raise ValueError(f"{self.name} {value!r} is not one of {list(self.choices)}")
+        return value
+
+
+def _common(node: str, model_description: str) -> Tuple[Param, ...]:
+    return (
+        Param("preset", "tiny", "model preset from config/presets (tiny, qwen2vl_2b, ...): "
+              "fills the model, device and dtype parameters left empty"),
+        Param(MODEL_PARAM[node], "", model_description + "; Hugging Face id, local folder or "
+              "tiny:<family>; empty = from the preset (reads back as the model in use once "
+              "configured)"),
+        Param("device", "", "torch device: cpu, cuda:0, cuda:1 ...; empty = from the preset"),
+        Param("dtype", "", "float32 | float16 | bfloat16 | auto; empty = from the preset",
+              choices=("", "auto", "float32", "float16", "bfloat16")),
+        Param("local_files_only", True, "never contact a model hub"),
+        Param("trust_remote_code", False, "run code shipped with a checkpoint (off: a "
+              "checkpoint cannot execute code in this process)"),
+        Param("torch_threads", 0, "torch intra-op threads of this process; 0 = torch's "
+              "default (all cores). Three nodes on a small CPU: 1 each", 0, 256),
+        Param("autostart", True, "configure and activate on start-up; false = wait for a "
+              "lifecycle manager (ros2 lifecycle set ...)"),
+        Param("diagnostics_period_sec", 1.0, "period of /diagnostics messages", 0.1, 60.0,
+              live=True),
+    )
+
+
+PERCEPTION = _common("perception_node", "SigLIP/CLIP vision encoder") + (
+    Param("image_topics", ["image"], "sensor_msgs/Image topics to watch (camera id = "
+          "resolved topic name)"),
+    Param("compressed_topics", [], "sensor_msgs/CompressedImage topics to watch"),
+    Param("camera_reliability", "auto", "camera subscription reliability: auto = reliable "
+          "when every publisher offers it, else best effort (as ros2 bag record adapts); "
+          "depth 1 either way", choices=("auto", "reliable", "best_effort")),
+    Param("max_image_pixels", 4096 * 4096, "larger frames are refused as malformed",
+          1, 1 << 28),
+    Param("batch_size", 4, "sampled frames encoded per forward pass at most", 1, 256),
+    Param("sample_fps", 2.0, "sampled frames per second of camera time, per camera",
+          0.01, 1000.0, live=True),
+    Param("clip_similarity_threshold", 0.85, "a new clip starts when a frame's cosine "
+          "similarity to the running clip falls below this", -1.0, 1.0, live=True),
+    Param("min_clip_frames", 2, "frames a clip holds at least before a new one may start",
+          1, 100000, live=True),
+    Param("max_clip_frames", 0, "force a new clip after this many frames; 0 = no limit",
+          0, 1000000, live=True),
+    Param("sampled_image_format", "raw", "how sampled frames go to the reaction node on "
+          "`sampled_image`: raw rgb8, or jpeg (links between hosts)", choices=("raw", "jpeg")),
+    Param("jpeg_quality", 85, "JPEG quality of sampled frames when sampled_image_format is "
+          "jpeg", 1, 100, live=True),
+)
+
+DECISION = _common("decision_node", "SigLIP/CLIP checkpoint whose text tower scores match "
+                   "queries (use perception's)") + (
+    Param("activation_checkpoint", "", "folder of a trained activation head (enables mode "
+          "'activation'); empty = none"),
+    Param("trigger_threshold", 0.5, "score at which match/activation queries fire", 0.01, 1.0,
+          live=True),
+    Param("hysteresis", 0.1, "a fired query re-arms after its score falls below threshold "
+          "minus this", 0.0, 0.99, live=True),
+    Param("cooldown_sec", 5.0, "camera seconds after a trigger before the same query may "
+          "fire again", 0.0, 3600.0, live=True),
+    Param("smoothing", 0.5, "EMA weight of the past score (0 = no smoothing)", 0.0, 0.99,
+          live=True),
+    Param("max_query_chars", 2000, "longer queries are rejected", 1, 100000, live=True),
+    Param("max_queries_per_sec", 5.0, "accepted queries per second, on the node's clock "
+          "(sim time when use_sim_time is set); 0 = unlimited", 0.0, 1000.0, live=True),
+    Param("max_active_queries", 64, "queries held at once; more are rejected", 1, 100000),
+)
+
+REACTION = _common("reaction_node", "video-LLM answering triggers (Qwen2-VL / Qwen2.5-VL "
+                   "family)") + (
+    Param("max_image_pixels", 4096 * 4096, "larger sampled frames are refused as malformed",
+          1, 1 << 28),
+    Param("max_queue", 8, "triggers waiting at most; overflow drops the oldest", 1, 1000),
+    Param("prompt_cameras", "all", "frames in the prompt: every camera's, or only the "
+          "trigger's camera", choices=("all", "trigger")),
+    Param("max_tokens", 4096, "memory budget in prompt tokens (visual tokens, each frame's "
+          "label and markers, dialogue); round-decayed compression keeps the buffer under it",
+          64, 10_000_000, live=True),
+    Param("protected_frames", 4, "newest frames per camera never compressed", 0, 10000),
+    Param("evidence_timeout_sec", 2.0, "longest a trigger waits for its evidence frame "
+          "(sampled_image) to reach memory over DDS before it is answered without it",
+          0.0, 60.0, live=True),
+    Param("max_new_tokens", 48, "answer length limit in tokens", 1, 8192, live=True),
+    Param("temperature", 0.0, "sampling temperature; 0 = greedy", 0.0, 5.0, live=True),
+    Param("preempt_same_query", True, "a newer trigger for a query stops its stale answer "
+          "(the new answer names the one it revises)"),
+)
+
+PARAMS: Dict[str, Tuple[Param, ...]] = {
+    "perception_node": PERCEPTION, "decision_node": DECISION, "reaction_node": REACTION}
+
+
+def params(node: str) -> Tuple[Param, ...]:
+    """The parameters of one node; ValueError naming the nodes if unknown."""
+    if node not in PARAMS:
+        raise ValueError(f"node {node!r} is not one of {list(NODES)}")
+    return PARAMS[node]
+
+
+def param(node: str, name: str) -> Param:
+    for candidate in params(node):
+        if candidate.name == name:
+            return candidate
+    raise KeyError(f"{node} has no parameter {name!r}")
+
+
+def default(node: str, name: str) -> Any:
+    """The default of one parameter (a fresh copy for lists)."""
+    value = param(node, name).default
+    return list(value) if isinstance(value, list) else value
+
+
+def defaults(node: str) -> Dict[str, Any]:
+    return {p.name: (list(p.default) if isinstance(p.default, list) else p.default)
+            for p in params(node)}
+
+
+def check(node: str, name: str, value: Any) -> Any:
+    """Validate one value against the schema (ValueError naming the bad value)."""
+    return param(node, name).check(value)
