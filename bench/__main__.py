@@ -54,7 +54,8 @@ def main(argv=None) -> int:
     from bench.common import (SINGLE_SHOT_CLIPS, distinct_frames, footage, load_average, machine,
                               set_threads, wait_quiet)
     from dispider_ros.models.vision import VisionEncoder, VisionEncoderConfig
-    from dispider_ros.models.vlm import ReactionVLMConfig, load_reaction_vlm
+    from dispider_ros.models.registry import load_reaction_vlm
+    from dispider_ros.models.vlm_config import ReactionVLMConfig
 
     mode = "quick" if args.quick else "full"
     out_path = args.out or RESULTS / f"{mode}.json"

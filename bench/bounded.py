@@ -79,7 +79,9 @@ def arm_main(argv=None) -> int:
     from dispider_ros.core.memory import FrameTokens, MemoryBuffer, MemoryConfig
     from dispider_ros.core.reaction import ReactionConfig, ReactionEngine
     from dispider_ros.core.types import TriggerEvent
-    from dispider_ros.models.vlm import PromptParts, ReactionVLMConfig, load_reaction_vlm
+    from dispider_ros.core.protocols import PromptParts
+    from dispider_ros.models.registry import load_reaction_vlm
+    from dispider_ros.models.vlm_config import ReactionVLMConfig
 
     vlm = load_reaction_vlm(ReactionVLMConfig(model=models.model_path("qwen2_vl"), kv_reuse=False,
                                               max_new_tokens=ANSWER_TOKENS, min_new_tokens=ANSWER_TOKENS))
@@ -95,7 +97,7 @@ def arm_main(argv=None) -> int:
 
     # The engine builds its memory as the reaction node does (its budget rules included);
     # frames go in through that memory, triggers through submit() and the worker thread.
-    engine = ReactionEngine(ReactionConfig(memory=MemoryConfig(max_tokens=max_tokens), vlm=vlm.config,
+    engine = ReactionEngine(ReactionConfig(memory=MemoryConfig(max_tokens=max_tokens),
                                            preempt_same_query=False, evidence_wait_sec=0.0,
                                            worker_threads=1), on_response, vlm=vlm)
     memory = engine.memory

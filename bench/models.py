@@ -84,7 +84,7 @@ def _build_qwen2_vl(folder: Path) -> None:
                               Qwen2VLProcessor)
 
     from dispider_ros.models import tiny_qwen2_vl as tq
-    from dispider_ros.models.vlm import no_video_processor
+    from dispider_ros.models.processors import no_video_processor
 
     s = QWEN
     tokenizer = tq.build_tokenizer()

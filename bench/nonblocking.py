@@ -37,7 +37,7 @@ from dispider_ros.core.sampler import LatestSlot, SamplerConfig
 from dispider_ros.core.segmenter import SegmenterConfig
 from dispider_ros.core.types import QuerySpec, TriggerEvent
 from dispider_ros.imaging import message_to_rgb8
-from dispider_ros.models.vlm import PromptParts
+from dispider_ros.core.protocols import PromptParts
 
 QUESTION = "Describe everything that is happening in the scene in detail."
 QUERY = "Narrate what happens, step by step."
@@ -146,7 +146,7 @@ def run_arm(arm: str, encoder, vlm, footage: Footage, *, sample_fps: float, came
 
     # Both arms keep memory and encode on arrival through a ReactionEngine (same budget rules);
     # only ours lets its worker answer, the sequential loop calls generate() itself.
-    engine = ReactionEngine(ReactionConfig(memory=memory_config, vlm=vlm.config, max_queue=1000,
+    engine = ReactionEngine(ReactionConfig(memory=memory_config, max_queue=1000,
                                            preempt_same_query=False, evidence_wait_sec=0.0,
                                            worker_threads=1), on_response, vlm=vlm)
     memory = engine.memory

@@ -69,7 +69,8 @@ def _via_core(frames, overrides: Optional[dict]) -> dict:
     from dispider_ros.core.types import QuerySpec
     from dispider_ros.imaging import message_to_rgb8
     from dispider_ros.models.vision import VisionEncoder, VisionEncoderConfig
-    from dispider_ros.models.vlm import ReactionVLMConfig
+    from dispider_ros.models.registry import load_reaction_vlm
+    from dispider_ros.models.vlm_config import ReactionVLMConfig
 
     overrides = overrides or {}
     torch.set_num_threads(1)
@@ -80,10 +81,10 @@ def _via_core(frames, overrides: Optional[dict]) -> dict:
     decision = DecisionCore(DecisionConfig(), text_encoder=encoder.encode_texts,
                             match_calibration=encoder.match_calibration())
     answers = []
-    engine = ReactionEngine(ReactionConfig(
-        memory=MemoryConfig(max_tokens=4096), evidence_tolerance_sec=0.5,
-        vlm=ReactionVLMConfig(model=overrides.get("reaction_node", {}).get("vlm_model", "tiny:qwen2_vl"),
-                              max_new_tokens=48)), lambda e: answers.append(e) if e.final else None)
+    vlm = load_reaction_vlm(ReactionVLMConfig(
+        model=overrides.get("reaction_node", {}).get("vlm_model", "tiny:qwen2_vl"), max_new_tokens=48))
+    engine = ReactionEngine(ReactionConfig(memory=MemoryConfig(max_tokens=4096), evidence_tolerance_sec=0.5),
+                            lambda e: answers.append(e) if e.final else None, vlm)
     sampler = FrameSampler(SamplerConfig(sample_fps=2.0))
     load = time.perf_counter() - t0
     pending = sorted(QUERIES, key=lambda q: q["time"])
@@ -110,6 +111,7 @@ def _via_core(frames, overrides: Optional[dict]) -> dict:
     engine.wait_idle(300)
     wall = time.perf_counter() - wall0
     engine.close()
+    vlm.close()
     camera = frames[-1][0] - frames[0][0]
     return {"path": "core objects (dispider_ros.eval.replay not available)", "camera_seconds": camera,
             "wall_seconds": wall, "speed_factor": camera / wall, "model_load_seconds": load,

@@ -24,7 +24,7 @@ import torch
 
 from bench.common import median
 from dispider_ros.core.memory import MemoryBuffer, MemoryConfig
-from dispider_ros.models.vlm import PromptParts
+from dispider_ros.core.protocols import PromptParts
 
 QUESTION = "What is on the table now?"
 NEW_FRAMES = 4  # frames that arrived since the previous trigger (KV-reuse arm)

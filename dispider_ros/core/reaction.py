@@ -1,6 +1,7 @@
 """Reaction scheduling: frames into memory on arrival, triggers answered by a worker thread.
 
-`ReactionEngine` owns the memory buffer and the reaction VLM:
+`ReactionEngine` owns the memory buffer and uses a reaction VLM it is given (any
+`core.protocols.ReactionVLM`; the caller loads it, and closes it after the engine):
 - `ingest(frame)` encodes a frame's visual tokens on the caller's thread (the perception
   side) and stores them; it shares no lock with generation beyond the memory's short one,
   so frames keep flowing while an answer decodes (MOSS-Video-Preview: perception is never
@@ -47,9 +48,8 @@ from typing import Callable, Deque, List, Optional
 import torch
 
 from dispider_ros.core.memory import FrameTokens, MemoryBuffer, MemoryConfig
+from dispider_ros.core.protocols import PromptParts, ReactionVLM
 from dispider_ros.core.types import Frame, ResponseEvent, TriggerEvent
-from dispider_ros.models.loading import free_device_memory
-from dispider_ros.models.vlm import PromptParts, ReactionVLM, ReactionVLMConfig, load_reaction_vlm
 
 LOG = logging.getLogger(__name__)
 
@@ -61,7 +61,6 @@ ResponseCallback = Callable[[ResponseEvent], None]
 class ReactionConfig:
     """Args:
         memory: the memory buffer's budget and compression.
-        vlm: the reaction model (used when the engine loads it itself).
         max_queue: triggers waiting at most, >= 1; overflow drops the oldest.
         preempt_same_query: a newer trigger for a query stops its stale answer.
         remember_dialogue: add each answered question and answer to memory.
@@ -78,7 +77,6 @@ class ReactionConfig:
     """
 
     memory: MemoryConfig = field(default_factory=MemoryConfig)
-    vlm: ReactionVLMConfig = field(default_factory=ReactionVLMConfig)
     max_queue: int = 8
     preempt_same_query: bool = True
     remember_dialogue: bool = True
@@ -91,8 +89,6 @@ class ReactionConfig:
     def __post_init__(self):
         if not isinstance(self.memory, MemoryConfig):
             raise TypeError(f"memory {self.memory!r} must be a MemoryConfig")
-        if not isinstance(self.vlm, ReactionVLMConfig):
-            raise TypeError(f"vlm {self.vlm!r} must be a ReactionVLMConfig")
         for name in ("max_queue", "worker_threads"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -121,21 +117,19 @@ class ReactionEngine:
     """Memory + reaction VLM + worker thread (see the module docstring for the policy).
 
     Args:
-        config: engine, memory and model settings.
+        config: engine and memory settings.
         on_response: receives every ResponseEvent (chunks and finals).
-        vlm: an already loaded model to use (the engine then does not close it); None = load
-            config.vlm with load_reaction_vlm.
+        vlm: the loaded reaction model (models.registry.load_reaction_vlm); its generation
+            settings are its own. The engine never closes it: close it after the engine.
     """
 
-    def __init__(self, config: ReactionConfig, on_response: ResponseCallback,
-                 vlm: Optional[ReactionVLM] = None):
+    def __init__(self, config: ReactionConfig, on_response: ResponseCallback, vlm: ReactionVLM):
         self.config = config
         self.on_response = on_response
-        self._owns_vlm = vlm is None
-        self.vlm: ReactionVLM = vlm if vlm is not None else load_reaction_vlm(config.vlm)
+        self.vlm = vlm
         memory = config.memory
         if memory.frame_overhead_tokens is None:  # the budget must bound the whole prompt
-            memory = dataclasses.replace(memory, frame_overhead_tokens=self._frame_overhead_tokens())
+            memory = dataclasses.replace(memory, frame_overhead_tokens=vlm.frame_overhead_tokens())
         self.memory = MemoryBuffer(memory)
         self._cond = threading.Condition()
         self._queue: Deque[_Job] = deque()
@@ -148,14 +142,6 @@ class ReactionEngine:
                       "prompt_tokens": 0, "reused_tokens": 0}
         self._worker = threading.Thread(target=self._run, name="reaction-worker", daemon=True)
         self._worker.start()
-
-    def _frame_overhead_tokens(self) -> int:
-        """Prompt tokens a frame costs besides its visual tokens: its label (measured for a
-        typical camera topic) plus a start and an end marker, as every supported layout has."""
-        template = getattr(self.vlm.config, "frame_label", "")
-        label = template.format(camera_id="/camera/color/image_raw", stamp=1.0e6, frame_index=0) \
-            if template else ""
-        return (self.vlm.count_tokens(label) if label else 0) + 2
 
     # ---- perception side -----------------------------------------------------------------
     def ingest(self, frame: Frame) -> FrameTokens:
@@ -260,8 +246,6 @@ class ReactionEngine:
             self._worker.join(timeout)
         if self._worker.is_alive() and threading.current_thread() is not self._worker:
             LOG.warning("reaction worker did not finish within %.1f s", timeout)
-        if self._owns_vlm:
-            self.vlm.close()
 
     def stats(self) -> dict:
         """Counters and last timings for diagnostics."""
@@ -331,10 +315,9 @@ class ReactionEngine:
                              extras={"stop_reason": "error", "queue_wait_sec": started - job.submitted})
             failed, out_of_memory = True, isinstance(error, torch.cuda.OutOfMemoryError)
         if out_of_memory:  # outside the except block, so the failed step's tensors are gone
-            device = getattr(self.vlm.config, "device", "cpu")
-            free_device_memory(device)
-            LOG.warning("out of memory on %s while answering trigger %s: cached memory released; "
-                        "lower max_tokens or max_new_tokens if it recurs", device, trigger.trigger_id)
+            self.vlm.release_memory()
+            LOG.warning("out of memory while answering trigger %s: cached memory released; "
+                        "lower max_tokens or max_new_tokens if it recurs", trigger.trigger_id)
         if failed:
             return
         stop_reason = "preempted" if job.preempted_by else result.stop_reason

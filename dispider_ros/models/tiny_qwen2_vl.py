@@ -14,7 +14,7 @@ such as Qwen/Qwen2-VL-2B-Instruct, and runs `generate()`. What is tiny:
 Video processor: Qwen2-VL's needs torchvision, which cannot be installed beside the CPU torch
 here. The processor is saved with a placeholder and its video_preprocessor_config.json is then
 written as a real Qwen2VLVideoProcessor's, so `AutoProcessor` loads the folder wherever
-torchvision exists; elsewhere `dispider_ros.models.vlm.load_processor` assembles it from the
+torchvision exists; elsewhere `dispider_ros.models.processors.load_processor` assembles it from the
 image processor and tokenizer. Frames are always fed as images.
 """
 from __future__ import annotations
@@ -159,7 +159,7 @@ def build(folder: Path, family: str = "qwen2_vl") -> None:
     from transformers import (AutoModelForImageTextToText, Qwen2_5_VLProcessor,
                               Qwen2VLImageProcessor, Qwen2VLProcessor)
 
-    from dispider_ros.models.vlm import no_video_processor
+    from dispider_ros.models.processors import no_video_processor
 
     if family not in FAMILIES:
         raise ValueError(f"family {family!r} is not one of {FAMILIES}")

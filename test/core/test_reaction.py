@@ -11,7 +11,8 @@ from dispider_ros.core.memory import DialogueTurn, FrameTokens, MemoryConfig
 from dispider_ros.core.reaction import ReactionConfig, ReactionEngine
 from dispider_ros.core.types import Frame, TriggerEvent
 from dispider_ros.models import tiny
-from dispider_ros.models.vlm import ReactionVLMConfig, load_reaction_vlm
+from dispider_ros.models.registry import load_reaction_vlm
+from dispider_ros.models.vlm_config import ReactionVLMConfig
 
 WAIT = 30.0  # generous upper bound for every wait; tests finish far sooner
 
@@ -55,7 +56,7 @@ def engine_factory(vlm):
         sink = Collector()
         kwargs.setdefault("evidence_wait_sec", 0.0)
         kwargs.setdefault("memory", MemoryConfig(max_tokens=2000))
-        engine = ReactionEngine(ReactionConfig(vlm=vlm.config, **kwargs), sink, vlm=vlm)
+        engine = ReactionEngine(ReactionConfig(**kwargs), sink, vlm=vlm)
         engines.append(engine)
         return engine, sink
 
@@ -217,7 +218,7 @@ def test_frames_flow_during_an_unblocked_long_generation(vlm):
     long_vlm = load_reaction_vlm(ReactionVLMConfig(model=vlm.config.model, max_new_tokens=300,
                                                    min_new_tokens=300))
     sink = Collector()
-    engine = ReactionEngine(ReactionConfig(vlm=long_vlm.config, evidence_wait_sec=0.0), sink, vlm=long_vlm)
+    engine = ReactionEngine(ReactionConfig(evidence_wait_sec=0.0), sink, vlm=long_vlm)
     try:
         engine.ingest(frame(0))
         first_chunk = threading.Event()

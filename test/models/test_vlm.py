@@ -9,8 +9,11 @@ import torch
 
 from dispider_ros.core.memory import FrameTokens, MemoryBuffer, MemoryConfig
 from dispider_ros.models import tiny
-from dispider_ros.models.vlm import (BACKENDS, PromptParts, Qwen2VLBackend, ReactionVLMConfig,
-                                     load_processor, load_reaction_vlm)
+from dispider_ros.core.protocols import PromptParts
+from dispider_ros.models.processors import load_processor
+from dispider_ros.models.qwen2_vl import Qwen2VLBackend
+from dispider_ros.models.registry import BACKENDS, load_reaction_vlm
+from dispider_ros.models.vlm_config import ReactionVLMConfig
 
 QUESTION = "What is on the table now?"
 

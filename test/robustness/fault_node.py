@@ -18,15 +18,15 @@ import sys
 import threading
 import time
 
-from dispider_ros.models import vlm as vlm_module
+from dispider_ros.models import qwen2_vl
 from dispider_ros.nodes import reaction_node
 
 FAULT, SLOW = "FAULT", "SLOW"
 FAULT_AFTER_TOKENS = int(os.environ.get("DISPIDER_TEST_FAULT_AFTER_TOKENS", "3"))
 SLOW_TOKEN_SEC = float(os.environ.get("DISPIDER_TEST_SLOW_TOKEN_SEC", "0.25"))
 _armed = threading.local()  # generate() and the decoder's forward run on the same thread
-_init = vlm_module.Qwen2VLBackend.__init__
-_generate = vlm_module.Qwen2VLBackend.generate
+_init = qwen2_vl.Qwen2VLBackend.__init__
+_generate = qwen2_vl.Qwen2VLBackend.generate
 
 
 def _hook(module, args, kwargs):
@@ -55,8 +55,8 @@ def _patched_generate(self, parts, on_text=None, stop=None):
         _armed.mode = None
 
 
-vlm_module.Qwen2VLBackend.__init__ = _patched_init
-vlm_module.Qwen2VLBackend.generate = _patched_generate
+qwen2_vl.Qwen2VLBackend.__init__ = _patched_init
+qwen2_vl.Qwen2VLBackend.generate = _patched_generate
 
 if __name__ == "__main__":
     print(f"fault_node: FAULT after {FAULT_AFTER_TOKENS} tokens, SLOW {SLOW_TOKEN_SEC} s/token",

@@ -13,7 +13,8 @@ import pytest
 
 from dispider_ros.models import tiny
 from dispider_ros.models.vision import VisionEncoder, VisionEncoderConfig
-from dispider_ros.models.vlm import ReactionVLMConfig, load_reaction_vlm
+from dispider_ros.models.registry import load_reaction_vlm
+from dispider_ros.models.vlm_config import ReactionVLMConfig
 from graph_tools import Client, Graph, unique_namespace
 from ros_tools import require_ros, wait_for
 

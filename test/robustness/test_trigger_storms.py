@@ -23,7 +23,8 @@ from dispider_ros.core.memory import MemoryConfig
 from dispider_ros.core.reaction import ReactionConfig, ReactionEngine
 from dispider_ros.core.types import Frame, TriggerEvent
 from dispider_ros.models import tiny
-from dispider_ros.models.vlm import ReactionVLMConfig, load_reaction_vlm
+from dispider_ros.models.registry import load_reaction_vlm
+from dispider_ros.models.vlm_config import ReactionVLMConfig
 from fuzz_tools import profile, tally
 
 WAIT = 60.0

@@ -1,0 +1,375 @@
+"""Qwen2-VL / Qwen2.5-VL reaction backend: every transformers specific of the family.
+
+`Qwen2VLBackend` implements `core.protocols.ReactionVLM`: `encode_frame(image)` runs the
+vision tower when a frame arrives and returns its visual tokens (`FrameTokens`: (n,
+hidden) embeddings in the language model's input space, plus their grid), so generation
+never re-runs vision; `generate(parts, on_text, stop)` answers over memory items.
+- Prompt: Qwen's chat format. Frames go into user messages as
+  `{label}<|vision_start|><|image_pad|>*n<|vision_end|>`; a question closes the open user
+  message, its answer follows as an assistant message; the trigger's question and
+  `<|im_start|>assistant\\n` form the suffix. Frames are fed as images (t = 1), never
+  through the video processor (which needs torchvision).
+- Embeddings: text tokens go through the embedding table and the cached visual tokens are
+  written at the `<|image_pad|>` positions (what the model's own forward does with
+  `pixel_values`, minus the vision tower).
+- Positions: M-RoPE position ids from the model's `get_rope_index`, computed for the new
+  part of the sequence only and offset by the cached prefix's largest position (which is
+  what `get_rope_index` over the full sequence gives, since text resumes at max + 1).
+  A pooled frame with grid (rows, cols) gets image_grid_thw (1, rows * merge, cols * merge).
+- KV reuse: everything before the question (system header, frames, past turns) is the
+  prefix. It is prefilled into a `DynamicCache` that is kept across triggers; the next
+  trigger compares token ids and visual-token identities (memory keys) position by
+  position, crops the cache to the common prefix and prefills only the rest. `generate()`
+  then runs on the question suffix with `model.model.rope_deltas` set from the full
+  sequence (transformers derives decode positions from it once a cache is non-empty),
+  and the cache is cropped back to the prefix afterwards. Compression changes old frames,
+  so a trigger after compression re-prefills from the first pooled frame on. Any error
+  drops the cache.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from dispider_ros.core.memory import DialogueTurn, FrameTokens
+from dispider_ros.core.protocols import GenerationResult, PromptParts, ReactionVLM, TextCallback
+from dispider_ros.models.loading import choose_attn_implementation, free_device_memory
+from dispider_ros.models.processors import load_processor, validate_image
+from dispider_ros.models.streaming import callback_streamer, stop_criteria
+from dispider_ros.models.vlm_config import ReactionVLMConfig
+
+LOG = logging.getLogger(__name__)
+TYPICAL_CAMERA = "/camera/color/image_raw"  # its frame label is what the memory budget counts
+
+
+def _plain(text: str) -> str:
+    """Outside text must not smuggle in control tokens such as <|image_pad|> or <|im_end|>."""
+    return text.replace("<|", "< |")
+
+
+@dataclass
+class _Assembled:
+    ids: np.ndarray  # (L,) int64 token ids, visual positions hold the image-pad id
+    src: np.ndarray  # (L,) int64 memory key at visual positions, -1 at text positions
+    frames: List[Tuple[int, FrameTokens]]  # (start position, frame) in order
+    prefix_len: int  # everything before the question
+
+
+class Qwen2VLBackend(ReactionVLM):
+    """Qwen2-VL / Qwen2.5-VL reaction model (see the module docstring).
+
+    Args:
+        config: what to load and how to generate.
+        path: resolved local folder or hub id of the checkpoint.
+    """
+
+    def __init__(self, config: ReactionVLMConfig, path: str):
+        from transformers import AutoModelForImageTextToText
+
+        self.config = config
+        load = config.load_config(path)
+        kwargs = load.pretrained_kwargs()
+        self.processor = load_processor(path, **kwargs)
+        self.tokenizer = self.processor.tokenizer
+        model = AutoModelForImageTextToText.from_pretrained(
+            path, dtype=load.torch_dtype,
+            attn_implementation=choose_attn_implementation(config.attn_implementation, config.device),
+            **kwargs)
+        self.model: Optional[torch.nn.Module] = model.to(config.device).eval()
+        self.model_type = model.config.model_type
+        self.device = torch.device(config.device)
+        self.dtype = load.torch_dtype
+        self.merge = int(model.config.vision_config.spatial_merge_size)
+        self.image_pad_id = int(model.config.image_token_id)
+        self.eos_ids = self._eos_ids()
+        self._pixel_kwargs = {k: v for k, v in (("min_pixels", config.min_pixels),
+                                                ("max_pixels", config.max_pixels)) if v is not None}
+        self._text_ids: Dict[str, np.ndarray] = {}  # tokenized text runs (labels, turns, header)
+        self._gen_lock = threading.Lock()  # one generation at a time: the cache is shared state
+        self._temp_key = -1
+        self.reset_cache()
+        LOG.info("reaction VLM %s (%s, hidden %d) on %s %s, KV reuse %s", config.model, self.model_type,
+                 self.hidden_size, config.device, str(self.dtype).replace("torch.", ""),
+                 "on" if config.kv_reuse else "off")
+
+    # ---- ReactionVLM -------------------------------------------------------------------
+    @property
+    def hidden_size(self) -> int:
+        return int(self._require_model().config.text_config.hidden_size)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._tokenize(text))
+
+    def frame_overhead_tokens(self) -> int:
+        """The label of a frame of a typical camera topic plus <|vision_start|>, <|vision_end|>."""
+        template = self.config.frame_label
+        label = template.format(camera_id=TYPICAL_CAMERA, stamp=1.0e6, frame_index=0) if template else ""
+        return (self.count_tokens(label) if label else 0) + 2
+
+    def encode_frame(self, image: np.ndarray, camera_id: str = "", stamp: float = 0.0,
+                     frame_index: int = 0, frame_id: str = "") -> FrameTokens:
+        t0 = time.perf_counter()
+        tokens, grid = self.encode_images([image])[0]
+        return FrameTokens(tokens=tokens, grid=grid, camera_id=camera_id, stamp=float(stamp),
+                           frame_index=int(frame_index), frame_id=frame_id,
+                           encode_ms=(time.perf_counter() - t0) * 1e3)
+
+    def encode_images(self, images: Sequence[np.ndarray]) -> List[Tuple[torch.Tensor, Tuple[int, int]]]:
+        """Visual tokens of several images in one vision forward.
+
+        Args:
+            images: (H, W, 3) uint8 RGB arrays (sizes may differ).
+        Returns:
+            per image: ((n, hidden) tokens on the model's device, (rows, cols) grid).
+        """
+        for image in images:
+            validate_image(image)
+        inputs = self.processor.image_processor(images=list(images), return_tensors="pt",
+                                                **self._pixel_kwargs)
+        grid_thw = inputs["image_grid_thw"]  # (N, 3) in patches
+        embeds = self._vision_forward(inputs["pixel_values"], grid_thw)  # (sum n, hidden)
+        sizes = (grid_thw.prod(-1) // self.merge ** 2).tolist()
+        parts = torch.split(embeds, sizes)
+        if len(parts) > 1:  # own storage per frame, so memory can free frames one by one
+            parts = [p.clone() for p in parts]
+        return [(tokens, (int(thw[1]) // self.merge, int(thw[2]) // self.merge))
+                for tokens, thw in zip(parts, grid_thw)]
+
+    def generate(self, parts: PromptParts, on_text: Optional[TextCallback] = None,
+                 stop: Optional[threading.Event] = None) -> GenerationResult:
+        model = self._require_model()
+        t0 = time.perf_counter()
+        with self._gen_lock, torch.inference_mode():
+            try:
+                prompt = self._assemble(parts)
+                reused, cache, positions = self._prefill(prompt)
+                length = len(prompt.ids)
+                delta = int(positions.max()) + 1 - length  # M-RoPE offset of decode positions
+                model.model.rope_deltas = torch.tensor([[delta]], device=self.device)
+                streamer = callback_streamer(self.tokenizer, on_text)
+                input_ids = torch.from_numpy(prompt.ids)[None].to(self.device)  # (1, L)
+                out = model.generate(
+                    input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                    past_key_values=cache, generation_config=self._generation_config(),
+                    streamer=streamer, stopping_criteria=stop_criteria(stop))
+                if self.config.kv_reuse:
+                    cache.crop(prompt.prefix_len)  # back to the stable prefix for the next trigger
+                else:
+                    self.reset_cache()
+            except BaseException:
+                self.reset_cache()  # a failed prefill or decode may leave the cache half-written
+                raise
+        new_ids = out[0, length:].tolist()
+        if stop is not None and stop.is_set():
+            reason = "stopped"
+        elif new_ids and new_ids[-1] in self.eos_ids:
+            reason = "eos"
+        else:
+            reason = "max_new_tokens"
+        first = streamer.first_token_time
+        return GenerationResult(
+            text="".join(streamer.chunks), ttft_sec=(first - t0) if first else float("nan"),
+            token_count=len(new_ids), duration_sec=time.perf_counter() - t0, prompt_tokens=length,
+            prefill_tokens=length - reused, reused_tokens=reused, stop_reason=reason,
+            token_ids=new_ids)
+
+    def reset_cache(self) -> None:
+        self._cache = None
+        self._cache_ids = np.zeros(0, np.int64)
+        self._cache_src = np.zeros(0, np.int64)
+        self._cache_pos = torch.zeros(3, 0, dtype=torch.long)
+
+    def release_memory(self) -> None:
+        free_device_memory(self.config.device)
+
+    def close(self) -> None:
+        if self.model is not None:
+            self.model = None
+            self.reset_cache()
+            free_device_memory(self.config.device)
+            LOG.info("reaction VLM %s closed", self.config.model)
+
+    # ---- prompt --------------------------------------------------------------------------
+    def prompt_text(self, parts: PromptParts) -> str:
+        """The prompt as text with one <|image_pad|> per frame (what a processor expands)."""
+        pad = self.tokenizer.convert_ids_to_tokens(self.image_pad_id)
+        prefix, suffix = self._render(parts)
+        return "".join(p if isinstance(p, str) else pad for p in prefix + suffix)
+
+    def _render(self, parts: PromptParts) -> Tuple[list, list]:
+        """Prefix and suffix pieces: text strings and FrameTokens, in prompt order."""
+        prefix: list = [f"<|im_start|>system\n{self.config.system_prompt}<|im_end|>\n"]
+        open_user = False
+        for item in parts.items:
+            if isinstance(item, FrameTokens):
+                if not open_user:
+                    prefix.append("<|im_start|>user\n")
+                    open_user = True
+                label = _plain(self.config.frame_label.format(
+                    camera_id=item.camera_id, stamp=item.stamp, frame_index=item.frame_index))
+                prefix += [f"{label}<|vision_start|>", item, "<|vision_end|>"]
+            elif isinstance(item, DialogueTurn):
+                if item.role == "user":
+                    prefix.append(("" if open_user else "<|im_start|>user\n") + f"{_plain(item.text)}<|im_end|>\n")
+                else:
+                    prefix.append(("<|im_end|>\n" if open_user else "")
+                                  + f"<|im_start|>assistant\n{_plain(item.text)}<|im_end|>\n")
+                open_user = False
+            else:
+                raise TypeError(f"prompt item {type(item).__name__} is neither FrameTokens nor DialogueTurn")
+        suffix = [("" if open_user else "<|im_start|>user\n")
+                  + f"{_plain(parts.question)}<|im_end|>\n<|im_start|>assistant\n"]
+        return prefix, suffix
+
+    def _tokenize(self, text: str) -> np.ndarray:
+        ids = self._text_ids.get(text)
+        if ids is None:
+            ids = np.asarray(self.tokenizer(text, add_special_tokens=False)["input_ids"], np.int64)
+            if len(self._text_ids) > 8192:  # labels carry stamps: bound the memo
+                self._text_ids.clear()
+            self._text_ids[text] = ids
+        return ids
+
+    def _assemble(self, parts: PromptParts) -> _Assembled:
+        prefix, suffix = self._render(parts)
+        ids: List[np.ndarray] = []
+        src: List[np.ndarray] = []
+        frames: List[Tuple[int, FrameTokens]] = []
+        pos = 0
+        prefix_len = 0
+        for group, pieces in enumerate((prefix, suffix)):
+            text = ""
+            for piece in pieces + [None]:
+                if isinstance(piece, str):
+                    text += piece  # adjacent text is tokenized as one run, as a processor would
+                    continue
+                if text:
+                    run = self._tokenize(text)
+                    ids.append(run)
+                    src.append(np.full(len(run), -1, np.int64))
+                    pos += len(run)
+                    text = ""
+                if piece is None:
+                    break
+                if piece.tokens.shape[1] != self.hidden_size:
+                    raise ValueError(f"frame {piece.camera_id}#{piece.frame_index} has tokens of width "
+                                     f"{piece.tokens.shape[1]}, the model needs {self.hidden_size}")
+                ids.append(np.full(piece.n_tokens, self.image_pad_id, np.int64))
+                src.append(np.full(piece.n_tokens, self._frame_key(piece), np.int64))
+                frames.append((pos, piece))
+                pos += piece.n_tokens
+            if group == 0:
+                prefix_len = pos
+        return _Assembled(np.concatenate(ids), np.concatenate(src), frames, prefix_len)
+
+    def _frame_key(self, frame: FrameTokens) -> int:
+        if frame.key >= 0:
+            return frame.key
+        self._temp_key -= 1  # frames from outside a MemoryBuffer are never reused (-1 = text)
+        return self._temp_key
+
+    # ---- prefill -------------------------------------------------------------------------
+    def _prefill(self, prompt: _Assembled) -> Tuple[int, object, torch.Tensor]:
+        """Bring the cache to prompt.prefix_len; returns (reused tokens, cache, (3, L) positions)."""
+        from transformers import DynamicCache
+
+        model = self._require_model()
+        common = 0
+        if self.config.kv_reuse and self._cache is not None:
+            n = min(len(self._cache_ids), prompt.prefix_len)
+            diff = np.flatnonzero((self._cache_ids[:n] != prompt.ids[:n]) | (self._cache_src[:n] != prompt.src[:n]))
+            common = int(diff[0]) if len(diff) else n
+            for start, frame in prompt.frames:
+                # Never split a frame from its <|vision_start|>: get_rope_index finds images by it.
+                if start - 1 < common < start + frame.n_tokens:
+                    common = start - 1
+        if common == 0 or self._cache is None:
+            cache, common = DynamicCache(config=model.config.text_config), 0
+        else:
+            cache = self._cache
+            cache.crop(common)
+        positions = self._positions(prompt, common)  # (3, L)
+        end = prompt.prefix_len
+        if end > common:
+            embeds = self._embed(prompt, common, end)  # (1, T, H)
+            model.model.language_model(
+                inputs_embeds=embeds, position_ids=positions[:, None, common:end].to(self.device),
+                past_key_values=cache, use_cache=True,
+                cache_position=torch.arange(common, end, device=self.device))
+        if self.config.kv_reuse:
+            self._cache = cache
+            self._cache_ids = prompt.ids[:end]
+            self._cache_src = prompt.src[:end]
+            self._cache_pos = positions[:, :end]
+        return common, cache, positions
+
+    def _positions(self, prompt: _Assembled, start: int) -> torch.Tensor:
+        """(3, L) M-RoPE positions: cached ones before start, get_rope_index for the rest."""
+        model = self._require_model()
+        tail = torch.from_numpy(prompt.ids[start:])[None]  # (1, L - start)
+        grids = [(1, f.grid[0] * self.merge, f.grid[1] * self.merge) for s, f in prompt.frames if s >= start]
+        grid_thw = torch.tensor(grids, dtype=torch.long) if grids else None
+        new, _ = model.model.get_rope_index(input_ids=tail, image_grid_thw=grid_thw)  # (3, 1, L - start)
+        new = new[:, 0].cpu()
+        if start == 0:
+            return new
+        head = self._cache_pos[:, :start]
+        return torch.cat([head, new + int(head.max()) + 1], dim=1)
+
+    def _embed(self, prompt: _Assembled, start: int, end: int) -> torch.Tensor:
+        """(1, end - start, H) input embeddings with the frames' cached visual tokens spliced in."""
+        model = self._require_model()
+        ids = torch.from_numpy(prompt.ids[start:end]).to(self.device)
+        embeds = model.get_input_embeddings()(ids)  # (T, H)
+        visual = [f.tokens for s, f in prompt.frames if start <= s < end]
+        if visual:
+            mask = (ids == self.image_pad_id)[:, None]  # (T, 1)
+            if int(mask.sum()) != sum(v.shape[0] for v in visual):
+                raise ValueError(f"{int(mask.sum())} image-pad positions for "
+                                 f"{sum(v.shape[0] for v in visual)} visual tokens")
+            embeds = embeds.masked_scatter(mask, torch.cat(visual).to(embeds.device, embeds.dtype))
+        return embeds[None]
+
+    def _vision_forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+        model = self._require_model()
+        visual = model.model.visual
+        with torch.inference_mode():
+            return visual(pixel_values.to(self.device, visual.dtype), grid_thw=grid_thw.to(self.device))
+
+    # ---- helpers -------------------------------------------------------------------------
+    def _generation_config(self):
+        gen = copy.deepcopy(self._require_model().generation_config)
+        gen.max_new_tokens = self.config.max_new_tokens
+        gen.min_new_tokens = self.config.min_new_tokens
+        gen.num_beams = 1
+        gen.eos_token_id = sorted(self.eos_ids)
+        gen.pad_token_id = self.tokenizer.pad_token_id
+        if self.config.temperature > 0:
+            gen.do_sample, gen.temperature, gen.top_p, gen.top_k = True, self.config.temperature, self.config.top_p, None
+        else:
+            gen.do_sample, gen.temperature, gen.top_p, gen.top_k = False, None, None, None
+        return gen
+
+    def _eos_ids(self) -> set:
+        eos = self.model.generation_config.eos_token_id
+        ids = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
+        for token in ("<|im_end|>", "<|endoftext|>"):
+            token_id = self.tokenizer.convert_tokens_to_ids(token)
+            if isinstance(token_id, int) and token_id != self.tokenizer.unk_token_id:
+                ids.add(token_id)
+        return {int(i) for i in ids}
+
+    def _require_model(self) -> torch.nn.Module:
+        if self.model is None:
+            raise RuntimeError("reaction VLM is closed")
+        return self.model
+
+
+__all__ = ["Qwen2VLBackend"]

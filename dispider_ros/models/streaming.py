@@ -1,0 +1,62 @@
+"""Streaming glue for transformers' generate(): a callback streamer and a stop-event criterion."""
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from typing import List, Optional
+
+import torch
+
+from dispider_ros.core.protocols import TextCallback
+
+
+def callback_streamer(tokenizer, on_text: Optional[TextCallback]):
+    """A transformers TextStreamer that hands each finalized text chunk to a plain callback.
+
+    generate() calls put()/end() on the thread that runs it (the reaction worker), so there
+    is no queue to block on: an exception in generate() (or in the callback) propagates
+    straight to the caller instead of leaving a reader waiting for text that never comes.
+    The streamer also records its chunks and when the first new token arrived.
+    """
+    return _streamer_class()(tokenizer, on_text)
+
+
+@functools.lru_cache(maxsize=1)
+def _streamer_class():
+    from transformers import TextStreamer
+
+    class CallbackStreamer(TextStreamer):
+        def __init__(self, tokenizer, on_text: Optional[TextCallback]):
+            super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+            self.on_text = on_text
+            self.chunks: List[str] = []
+            self.first_token_time: Optional[float] = None
+
+        def put(self, value):
+            if self.first_token_time is None and not self.next_tokens_are_prompt:
+                self.first_token_time = time.perf_counter()
+            super().put(value)
+
+        def on_finalized_text(self, text: str, stream_end: bool = False):
+            if text:
+                self.chunks.append(text)
+                if self.on_text is not None:
+                    self.on_text(text)
+
+    return CallbackStreamer
+
+
+def stop_criteria(stop: Optional[threading.Event]):
+    """StoppingCriteriaList that ends generation after the token during which stop was set."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class _OnEvent(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool,
+                              device=input_ids.device)
+
+    return StoppingCriteriaList([_OnEvent()] if stop is not None else [])
+
+
+__all__ = ["callback_streamer", "stop_criteria"]
