@@ -22,7 +22,7 @@ are sampled at --sample-fps on the video's own timestamps with the same FrameSam
 perception node uses, encoded with the same VisionEncoder, and paired with every query of
 their video: the last --positive-fraction of each segment's frames are positive, all
 other frames negative (models.activation.label_frames). The query text is embedded with
-the encoder's text tower after policies.event_text, exactly as the decision core does.
+the encoder's text tower after query_text.event_text, exactly as the decision core does.
 P = 0.25 is this package's default; the StreamBridge paper does not state its value.
 Writes the head (config.json + model.safetensors) and training.json (settings, losses).
 """
@@ -40,7 +40,7 @@ import cv2
 import numpy as np
 import torch
 
-from dispider_ros.core.policies import event_text
+from dispider_ros.core.query_text import event_text
 from dispider_ros.core.sampler import FrameSampler, SamplerConfig
 from dispider_ros.models.activation import ActivationConfig, ActivationHead, fit, label_frames
 from dispider_ros.models.vision import VisionEncoder, VisionEncoderConfig

@@ -1,11 +1,11 @@
-"""Policies: mode inference, event text, now/boundary/match/activation firing rules."""
+"""Policies: now/boundary/match/activation firing rules."""
 import math
 
 import numpy as np
 import pytest
 
 from dispider_ros.core.policies import (ActivationPolicy, BoundaryPolicy, MatchPolicy, NowPolicy,
-                                        PolicyConfig, event_text, infer_mode, sigmoid)
+                                        PolicyConfig, sigmoid)
 from dispider_ros.core.queries import ActiveQuery
 from dispider_ros.core.types import FrameFeature, QuerySpec
 
@@ -30,35 +30,6 @@ def with_cos(cos):
     v = np.zeros(D, np.float32)
     v[0], v[1] = cos, math.sqrt(max(0.0, 1.0 - cos * cos))
     return v
-
-
-@pytest.mark.parametrize("text, mode", [
-    ("Tell me when the person picks up the red cup", "match"),
-    ("please LET ME KNOW IF the dog leaves the room", "match"),
-    ("Alert me as soon as a car arrives", "match"),
-    ("Notify me when the kettle boils.", "match"),
-    ("Guide me through what the cook is doing", "boundary"),
-    ("Narrate the match", "boundary"),
-    ("Describe the assembly step by step", "boundary"),
-    ("Keep me updated on the build", "boundary"),
-    ("What is on the table now?", "now"),
-    ("When did the man leave?", "now"),  # past question: no cue
-    ("Describe the scene", "now"),
-    ("Keep me updated and tell me when it rains", "match"),  # match rule comes first
-])
-def test_infer_mode_table(text, mode):
-    assert infer_mode(text) == mode
-
-
-@pytest.mark.parametrize("text, expected", [
-    ("Tell me when the person picks up the red cup!", "the person picks up the red cup"),
-    ("Please alert me if someone enters the room.", "someone enters the room"),
-    ("let me know once, the light turns green?", "the light turns green"),
-    ("What is on the table?", "What is on the table"),
-    ("Tell me when", "Tell me when"),
-])
-def test_event_text(text, expected):
-    assert event_text(text) == expected
 
 
 def test_now_fires_once_per_camera():
