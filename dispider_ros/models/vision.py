@@ -15,7 +15,6 @@ several times faster than the PIL path for camera-sized frames; shrinking uses I
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
@@ -24,6 +23,7 @@ import cv2
 import numpy as np
 import torch
 
+from dispider_ros.core import schema
 from dispider_ros.models import tiny
 from dispider_ros.models.loading import (DTYPES, LoadConfig, check_model_source,
                                          choose_attn_implementation, free_device_memory)
@@ -52,7 +52,7 @@ class VisionEncoderConfig:
     model: str = "tiny:siglip"
     device: str = "cpu"
     dtype: str = "auto"
-    batch_size: int = 8
+    batch_size: int = schema.default("perception_node", "batch_size")
     local_files_only: bool = True
     trust_remote_code: bool = False
     attn_implementation: str = "auto"
@@ -168,20 +168,17 @@ class VisionEncoder:
         return feats.cpu().numpy()
 
     def match_calibration(self) -> Tuple[float, float]:
-        """(scale, bias) so that sigmoid(scale * cos + bias) is a match probability."""
+        """(scale, bias) so that sigmoid(scale * cos + bias) is a match probability.
+
+        SigLIP: its own (exp(logit_scale), logit_bias), the sigmoid it was trained with.
+        CLIP: its own exp(logit_scale) (100 for released checkpoints) with the bias
+        -scale * CLIP_MATCH_CENTER, since its softmax training fixed no absolute bias.
+        """
         model = self._require_model()
         scale = float(model.logit_scale.detach().float().exp())
         if self.family == "siglip":
             return scale, float(model.logit_bias.detach().float())
         return scale, -scale * CLIP_MATCH_CENTER
-
-    @property
-    def logit_scale(self) -> float:
-        return self.match_calibration()[0]
-
-    @property
-    def logit_bias(self) -> float:
-        return self.match_calibration()[1]
 
     def close(self) -> None:
         """Drop the model and return device memory; the encoder is unusable afterwards."""
@@ -268,17 +265,4 @@ class _FastPreprocess:
         return np.ascontiguousarray(pixels.transpose(2, 0, 1))  # (3, S, S)
 
 
-def l2_normalise(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Rows scaled to unit length (zero rows stay zero)."""
-    norm = np.linalg.norm(x, axis=axis, keepdims=True)
-    return x / np.where(norm > 0, norm, 1.0)
-
-
-def cosine_to_probability(cos: float, scale: float, bias: float) -> float:
-    """sigmoid(scale * cos + bias), overflow-safe."""
-    z = scale * cos + bias
-    return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
-
-
-__all__: List[str] = ["VisionEncoderConfig", "VisionEncoder", "CLIP_MATCH_CENTER",
-                      "l2_normalise", "cosine_to_probability"]
+__all__: List[str] = ["VisionEncoderConfig", "VisionEncoder", "CLIP_MATCH_CENTER"]
