@@ -1,11 +1,99 @@
 """The whole graph: perception, decision and reaction as three lifecycle node processes.
 
-    ros2 launch dispider_ros dispider.launch.py image:=/camera/color/image_raw preset:=qwen2vl_2b
+  camera --image--> perception_node --features--> decision_node --trigger--> reaction_node
+                         |         query, query_text -->                      ^     |
+                         +--------------------sampled_image-------------------+     |
+                                     response, response_stream, response_text <-----+
 
-With autostart (config/dispider.yaml) each node configures and activates itself.
+Every topic is relative, so `namespace` moves the whole graph; only the camera is remapped
+(`image:=`), and only into perception: the reaction node gets the exact frames perception
+sampled, on `sampled_image`. Parameters: config/dispider.yaml (a key per node) or the file
+`params_file` names, then the arguments below on top. With `autostart: true` (the shipped
+file) each node configures and activates itself.
+
+    ros2 launch dispider_ros dispider.launch.py image:=/camera/color/image_raw preset:=qwen2vl_2b
+    ros2 launch dispider_ros dispider.launch.py --show-args
 """
-from dispider_ros.nodes.launch_support import describe
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
+from launch.conditions import IfCondition
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch_ros.actions import LifecycleNode
+from launch_ros.parameter_descriptions import ParameterValue
+from launch_ros.substitutions import FindPackageShare
 
 
 def generate_launch_description():
-    return describe()
+    params_file = LaunchConfiguration("params_file")
+    namespace = LaunchConfiguration("namespace")
+    preset = LaunchConfiguration("preset")
+    use_sim_time = ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool)
+    log_level = ["--log-level", LaunchConfiguration("log_level")]
+    try:  # the enclave is compared as a string, never evaluated (Iron and later)
+        from launch.substitutions import NotEqualsSubstitution
+        enclave_given = IfCondition(NotEqualsSubstitution(LaunchConfiguration("enclave"), ""))
+    except ImportError:  # Humble
+        from launch.conditions import LaunchConfigurationNotEquals
+        enclave_given = LaunchConfigurationNotEquals("enclave", "")
+
+    return LaunchDescription([
+        DeclareLaunchArgument(
+            "image", default_value="image",
+            description="camera sensor_msgs/Image topic, remapped into perception_node"),
+        DeclareLaunchArgument(
+            "namespace", default_value="", description="namespace of every node and topic"),
+        DeclareLaunchArgument(
+            "params_file", description="parameter YAML, a key per node",
+            default_value=PathJoinSubstitution(
+                [FindPackageShare("dispider_ros"), "config", "dispider.yaml"])),
+        DeclareLaunchArgument(
+            "preset", default_value="tiny",
+            description="model preset: tiny | qwen2vl_2b | qwen25vl_3b (config/presets)"),
+        DeclareLaunchArgument(
+            "use_sim_time", default_value="false", description="follow /clock (rosbag replay)"),
+        DeclareLaunchArgument(
+            "log_level", default_value="info",
+            description="ROS log level: debug | info | warn | error | fatal"),
+        DeclareLaunchArgument(
+            "enclave", default_value="",
+            description="SROS2 enclave of the nodes, set as ROS_SECURITY_ENCLAVE_OVERRIDE "
+                        "(empty: the caller's ROS_SECURITY_* pass through unchanged)"),
+        DeclareLaunchArgument(
+            "perception_device", default_value="",
+            description="torch device of perception_node (cpu, cuda:0 ...); empty = preset"),
+        DeclareLaunchArgument(
+            "decision_device", default_value="",
+            description="torch device of decision_node (cpu, cuda:0 ...); empty = preset"),
+        DeclareLaunchArgument(
+            "reaction_device", default_value="",
+            description="torch device of reaction_node (cpu, cuda:0 ...); empty = preset"),
+        SetEnvironmentVariable("ROS_SECURITY_ENCLAVE_OVERRIDE", LaunchConfiguration("enclave"),
+                               condition=enclave_given),
+        # DDS settings for large images: to be filled in from the intake measurements.
+
+        # in: image (the camera)    out: features, sampled_image
+        LifecycleNode(
+            package="dispider_ros", executable="perception_node", name="perception_node",
+            namespace=namespace, output="screen", ros_arguments=log_level,
+            remappings=[("image", LaunchConfiguration("image"))],
+            parameters=[params_file, {
+                "preset": preset, "use_sim_time": use_sim_time,
+                "device": ParameterValue(LaunchConfiguration("perception_device"), value_type=str),
+            }]),
+        # in: features, query, query_text    out: trigger
+        LifecycleNode(
+            package="dispider_ros", executable="decision_node", name="decision_node",
+            namespace=namespace, output="screen", ros_arguments=log_level,
+            parameters=[params_file, {
+                "preset": preset, "use_sim_time": use_sim_time,
+                "device": ParameterValue(LaunchConfiguration("decision_device"), value_type=str),
+            }]),
+        # in: trigger, sampled_image    out: response, response_stream, response_text
+        LifecycleNode(
+            package="dispider_ros", executable="reaction_node", name="reaction_node",
+            namespace=namespace, output="screen", ros_arguments=log_level,
+            parameters=[params_file, {
+                "preset": preset, "use_sim_time": use_sim_time,
+                "device": ParameterValue(LaunchConfiguration("reaction_device"), value_type=str),
+            }]),
+    ])
