@@ -9,7 +9,7 @@ import torch
 
 from dispider_ros.core.memory import DialogueTurn, FrameTokens, MemoryConfig
 from dispider_ros.core.reaction import ReactionConfig, ReactionEngine
-from dispider_ros.core.types import Frame, TriggerEvent
+from dispider_ros.core.types import ErrorCode, Frame, TriggerEvent
 from dispider_ros.models import tiny
 from dispider_ros.models.registry import load_reaction_vlm
 from dispider_ros.models.vlm_config import ReactionVLMConfig
@@ -54,7 +54,7 @@ def engine_factory(vlm):
 
     def make(**kwargs):
         sink = Collector()
-        kwargs.setdefault("evidence_wait_sec", 0.0)
+        kwargs.setdefault("evidence_timeout_sec", 0.0)
         kwargs.setdefault("memory", MemoryConfig(max_tokens=2000))
         engine = ReactionEngine(ReactionConfig(**kwargs), sink, vlm=vlm)
         engines.append(engine)
@@ -90,7 +90,7 @@ def decoder_gate(vlm, on_decode_step=2):
 
 def test_config_validation_names_the_bad_value():
     for kwargs, name in [({"max_queue": 0}, "max_queue"), ({"prompt_cameras": "some"}, "prompt_cameras"),
-                         ({"evidence_wait_sec": -1.0}, "evidence_wait_sec"),
+                         ({"evidence_timeout_sec": -1.0}, "evidence_timeout_sec"),
                          ({"worker_threads": 0}, "worker_threads"), ({"poll_sec": 0.0}, "poll_sec")]:
         with pytest.raises(ValueError, match=name):
             ReactionConfig(**kwargs)
@@ -105,10 +105,14 @@ def test_streamed_chunks_concatenate_to_the_final_answer(engine_factory):
     rid = engine.submit(trigger(1, stamp=3.0))
     final = sink.wait_final(rid)
     chunks = sink.chunks(rid)
-    assert final.error == "" and final.text and len(chunks) >= 1
+    assert final.error_code == ErrorCode.OK and final.error == "" and final.text and len(chunks) >= 2
     assert [c.sequence for c in chunks] == list(range(len(chunks))) and final.sequence == len(chunks)
     assert "".join(c.text for c in chunks) == final.text
     assert final.token_count == 24 and final.ttft_sec > 0 and final.revises_response_id == ""
+    # Chunks carry the tokens generated so far and the ttft, which the first chunk fixes.
+    counts = [c.token_count for c in chunks]
+    assert 0 < counts[0] < counts[-1] <= final.token_count and counts == sorted(counts)
+    assert all(c.ttft_sec == final.ttft_sec and c.error_code == ErrorCode.OK for c in chunks)
     assert (final.trigger_id, final.query_id, final.camera_id, final.stamp) == ("t1", "q1", "cam", 3.0)
     assert final.extras["frames_in_prompt"] == 4 and final.extras["stop_reason"] == "max_new_tokens"
     assert engine.wait_idle(WAIT)
@@ -131,9 +135,11 @@ def test_newer_trigger_for_same_query_preempts_and_names_the_revised_answer(engi
         finals = [sink.wait_final(r) for r in (first, second, other)]
     stale, fresh, b = finals
     assert stale.extras["stop_reason"] == "preempted" and stale.extras["preempted_by"] == "t3"
-    assert stale.token_count < 24 and stale.error == ""
-    assert fresh.revises_response_id == stale.response_id and fresh.error == "" and fresh.token_count == 24
-    assert b.revises_response_id == "" and b.error == ""
+    assert stale.token_count < 24 and stale.error_code == ErrorCode.PREEMPTED and "t3" in stale.error
+    assert stale.text == "".join(c.text for c in sink.chunks(first))  # what was produced
+    assert fresh.revises_response_id == stale.response_id and fresh.error_code == ErrorCode.OK
+    assert fresh.error == "" and fresh.token_count == 24
+    assert b.revises_response_id == "" and b.error_code == ErrorCode.OK
     order = [e.response_id for e in sink.finals()]
     assert order == [first, second, other]  # the revision jumps the queue
     assert engine.stats()["preempted"] == 1
@@ -153,10 +159,11 @@ def test_queue_overflow_drops_oldest_and_waiting_revisions_are_superseded(engine
         d = engine.submit(trigger(4, query="D"))  # queue full: B is dropped
         c2 = engine.submit(trigger(5, query="C"))  # replaces the waiting C
         dropped, superseded = sink.wait_final(b), sink.wait_final(c)
-        assert "dropped" in dropped.error and "superseded by trigger t5" in superseded.error
+        assert dropped.error_code == ErrorCode.TRIGGER_DROPPED and dropped.error
+        assert superseded.error_code == ErrorCode.TRIGGER_SUPERSEDED and "t5" in superseded.error
         release.set()
         for rid in (running, d, c2):
-            assert sink.wait_final(rid).error == ""
+            assert sink.wait_final(rid).error_code == ErrorCode.OK
     assert "reaction queue full" in caplog.text
     stats = engine.stats()
     assert stats["dropped"] == 1 and stats["superseded"] == 1 and stats["answered"] == 3
@@ -178,17 +185,43 @@ def test_generation_error_gives_error_response_and_next_trigger_is_answered(engi
         failed = sink.wait_final(engine.submit(trigger(1)))
     finally:
         handle.remove()
-    assert "RuntimeError: injected decoder failure" in failed.error and failed.text == ""
+    assert failed.error_code == ErrorCode.GENERATION_FAILED and failed.text == ""
+    assert "RuntimeError: injected decoder failure" in failed.error
     assert failed.extras["stop_reason"] == "error"
     ok = sink.wait_final(engine.submit(trigger(2)))
-    assert ok.error == "" and ok.token_count == 24
+    assert ok.error_code == ErrorCode.OK and ok.error == "" and ok.token_count == 24
     # Tokens of the wrong width (a broken encoder) fail that camera's reaction only.
     engine.memory.add_frame(FrameTokens(tokens=torch.zeros(4, 7), grid=(2, 2), camera_id="broken", stamp=1.0))
     bad = sink.wait_final(engine.submit(trigger(3, camera="broken", stamp=1.0)))
-    assert "ValueError" in bad.error and "width 7" in bad.error
+    assert bad.error_code == ErrorCode.GENERATION_FAILED and "width 7" in bad.error
     good = sink.wait_final(engine.submit(trigger(4, camera="cam", stamp=1.0)))
-    assert good.error == "" and good.token_count == 24
+    assert good.error_code == ErrorCode.OK and good.token_count == 24
     assert engine.stats()["errors"] == 2
+
+
+def test_a_failure_midway_keeps_what_was_produced(engine_factory, vlm):
+    engine, sink = engine_factory()
+    engine.ingest(frame(0))
+    state = {"decode_steps": 0}
+
+    def fail_at_step_12(module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        if hidden.shape[1] == 1:  # decoding one token
+            state["decode_steps"] += 1
+            if state["decode_steps"] == 12:
+                raise RuntimeError("injected decoder failure")
+
+    handle = vlm.model.model.language_model.layers[1].register_forward_pre_hook(fail_at_step_12, with_kwargs=True)
+    try:
+        rid = engine.submit(trigger(1))
+        failed = sink.wait_final(rid)
+    finally:
+        handle.remove()
+    chunks = sink.chunks(rid)
+    assert failed.error_code == ErrorCode.GENERATION_FAILED and chunks
+    assert failed.text == "".join(c.text for c in chunks) and failed.sequence == len(chunks)
+    assert failed.token_count == chunks[-1].token_count and 0 < failed.token_count <= 12
+    assert failed.ttft_sec == chunks[0].ttft_sec > 0
 
 
 def test_ingestion_continues_while_the_worker_decodes(engine_factory, vlm):
@@ -218,7 +251,7 @@ def test_frames_flow_during_an_unblocked_long_generation(vlm):
     long_vlm = load_reaction_vlm(ReactionVLMConfig(model=vlm.config.model, max_new_tokens=300,
                                                    min_new_tokens=300))
     sink = Collector()
-    engine = ReactionEngine(ReactionConfig(evidence_wait_sec=0.0), sink, vlm=long_vlm)
+    engine = ReactionEngine(ReactionConfig(evidence_timeout_sec=0.0), sink, vlm=long_vlm)
     try:
         engine.ingest(frame(0))
         first_chunk = threading.Event()
@@ -241,13 +274,34 @@ def test_frames_flow_during_an_unblocked_long_generation(vlm):
         long_vlm.close()
 
 
-def test_evidence_wait_lets_a_late_frame_into_the_prompt(engine_factory):
-    engine, sink = engine_factory(evidence_wait_sec=WAIT)
+def test_a_trigger_waits_for_its_evidence_frame_by_index(engine_factory):
+    engine, sink = engine_factory(evidence_timeout_sec=WAIT)
     engine.ingest(frame(0))
-    rid = engine.submit(trigger(1, stamp=1.0))  # decision saw frame 1 before reaction did
+    rid = engine.submit(trigger(1, stamp=1.0))  # over DDS the trigger may beat its frame
     engine.ingest(frame(1))
     final = sink.wait_final(rid)
-    assert final.extras["frames_in_prompt"] == 2
+    assert final.extras["frames_in_prompt"] == 2 and final.extras["evidence_in_memory"]
+    assert engine.stats()["evidence_missing"] == 0
+
+
+def test_a_missing_evidence_frame_is_answered_after_the_timeout_and_counted(engine_factory):
+    engine, sink = engine_factory(evidence_timeout_sec=0.05)
+    engine.ingest(frame(0))
+    final = sink.wait_final(engine.submit(trigger(1, stamp=1.0)))  # frame 1 never comes
+    assert not final.extras["evidence_in_memory"] and final.text
+    stats = engine.stats()
+    assert stats["evidence_waits"] == 1 and stats["evidence_missing"] == 1
+
+
+def test_a_clock_jump_clears_only_that_cameras_memory(engine_factory):
+    engine, _ = engine_factory()
+    for i in range(3):
+        engine.ingest(frame(10 + i, camera="a"))
+        engine.ingest(Frame(camera_id="b", stamp=10.0 + i, index=i, image=image(i)))
+    engine.ingest(Frame(camera_id="a", stamp=1.0, index=3, image=image(3)))  # a's bag looped
+    cameras = [(it.camera_id, it.stamp) for it in engine.memory.snapshot()]
+    assert cameras.count(("a", 1.0)) == 1 and sum(c == "a" for c, _ in cameras) == 1
+    assert sum(c == "b" for c, _ in cameras) == 3 and engine.stats()["memory_clears"] == 1
 
 
 def test_bad_input_and_close(engine_factory):
@@ -270,9 +324,10 @@ def test_close_stops_the_running_answer_and_answers_waiting_triggers(engine_fact
         waiting = engine.submit(trigger(2, query="B"))
         closer = threading.Thread(target=engine.close)
         closer.start()
-        assert "closed" in sink.wait_final(waiting).error
+        assert sink.wait_final(waiting).error_code == ErrorCode.SHUTDOWN
         release.set()
         closer.join(WAIT)
     stopped = sink.wait_final(running)
     assert stopped.extras["stop_reason"] == "stopped" and stopped.token_count < 24
+    assert stopped.error_code == ErrorCode.SHUTDOWN and stopped.error
     assert len(sink.finals()) == 2
