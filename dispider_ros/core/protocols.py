@@ -22,7 +22,7 @@ import numpy as np
 
 from dispider_ros.core.memory import FrameTokens, MemoryItem
 
-TextCallback = Callable[[str], None]
+TextCallback = Callable[[str, int], None]  # (new text, new tokens generated so far)
 
 
 class ImageEncoder(Protocol):
@@ -102,7 +102,8 @@ class ReactionVLM(Protocol):
 
         Args:
             parts: the memory snapshot and the question.
-            on_text: called with each decoded text chunk, on the calling thread.
+            on_text: called with each decoded text chunk and the number of new tokens
+                generated so far (this chunk's included), on the calling thread.
             stop: when set, generation ends after the current token (stop_reason "stopped").
         """
 

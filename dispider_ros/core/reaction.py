@@ -9,9 +9,9 @@
 - `submit(trigger)` queues a reaction and returns its response id at once.
 - One worker thread (its own) builds the prompt from the memory snapshot and the query text,
   generates, and emits ResponseEvents through `on_response`: chunks (final=False,
-  sequence 0..n-1) and one final (final=True, full text, sequence n, ttft, token count,
-  error). A successful answer is then added to memory as a question/answer turn pair at
-  the trigger's stamp, closing a StreamBridge round.
+  sequence 0..n-1, tokens so far, ttft) and one final (final=True, full text, sequence n,
+  ttft, token count, error_code and error). A successful answer is then added to memory
+  as a question/answer turn pair at the trigger's stamp, closing a StreamBridge round.
 
 Scheduling policy:
 - Triggers for different queries are answered first in, first out. The queue is bounded
@@ -20,13 +20,15 @@ Scheduling policy:
   the stale generation (a StoppingCriteria checks its stop event after every token) and is
   answered next, ahead of the queue: the user wants the fresher answer now. Its final
   ResponseEvent's revises_response_id names the stopped response; the stopped response
-  still ends with a final event (partial text, extras["stop_reason"] == "preempted") and is
-  not added to memory. A newer trigger for a query that is only waiting in the queue takes
-  the waiting one's place (it inherits what that one would have revised).
+  still ends with a final event (partial text, ErrorCode.PREEMPTED) and is not added to
+  memory. A newer trigger for a query that is only waiting in the queue takes the waiting
+  one's place (it inherits what that one would have revised).
 - Every trigger gets exactly one final ResponseEvent: dropped and superseded triggers get
-  one with `error` set, so a run record stays complete.
-- An exception in generation gives a final ResponseEvent with `error` set; the worker
-  carries on with the next trigger.
+  one with an error code (TRIGGER_DROPPED, TRIGGER_SUPERSEDED), so a run record stays
+  complete; close() ends the running and waiting ones with SHUTDOWN.
+- An exception in generation gives a final ResponseEvent with GENERATION_FAILED (or
+  OUT_OF_MEMORY) and the text produced until then; the worker carries on with the next
+  trigger.
 - `on_response` is called from the worker thread, and from `submit()`/`close()` callers for
   triggers that never started. It must not block for long.
 
@@ -47,9 +49,10 @@ from typing import Callable, Deque, List, Optional
 
 import torch
 
+from dispider_ros.core import schema
 from dispider_ros.core.memory import FrameTokens, MemoryBuffer, MemoryConfig
 from dispider_ros.core.protocols import PromptParts, ReactionVLM
-from dispider_ros.core.types import Frame, ResponseEvent, TriggerEvent
+from dispider_ros.core.types import ErrorCode, Frame, ResponseEvent, TriggerEvent
 
 LOG = logging.getLogger(__name__)
 
@@ -66,23 +69,24 @@ class ReactionConfig:
         remember_dialogue: add each answered question and answer to memory.
         prompt_cameras: "all" = frames of every camera in the prompt; "trigger" = only the
             trigger's camera (dialogue is always included).
-        evidence_wait_sec: wait up to this long for the trigger's evidence frame to reach
-            memory (decision and reaction see frames on separate paths), >= 0.
-        evidence_tolerance_sec: a memory frame this much older than the evidence counts as
-            the evidence (the two sides sample the same stream on their own grids; the
-            node sets it to its sampling period), >= 0.
+        evidence_timeout_sec: longest a trigger waits for its evidence frame (the sampled
+            frame it names) to reach memory, >= 0. In process the frame is stored before the
+            decision sees its feature, so nothing ever waits; over DDS the frame and the
+            trigger travel on two topics and may arrive in either order.
+        max_backward_jump_sec: a frame this much older than its camera's newest one is a
+            clock jump (bag loop, sim-time reset): that camera's memory is cleared.
         worker_threads: torch intra-op threads of the worker, >= 1 (1 on small CPUs, so
             generation leaves a core to perception).
         poll_sec: the worker's queue read timeout, so close() is noticed, > 0.
     """
 
     memory: MemoryConfig = field(default_factory=MemoryConfig)
-    max_queue: int = 8
-    preempt_same_query: bool = True
+    max_queue: int = schema.default("reaction_node", "max_queue")
+    preempt_same_query: bool = schema.default("reaction_node", "preempt_same_query")
     remember_dialogue: bool = True
-    prompt_cameras: str = "all"
-    evidence_wait_sec: float = 0.5
-    evidence_tolerance_sec: float = 0.0
+    prompt_cameras: str = schema.default("reaction_node", "prompt_cameras")
+    evidence_timeout_sec: float = schema.default("reaction_node", "evidence_timeout_sec")
+    max_backward_jump_sec: float = 1.0
     worker_threads: int = 1
     poll_sec: float = 0.1
 
@@ -95,10 +99,11 @@ class ReactionConfig:
                 raise ValueError(f"{name} {value!r} must be an int >= 1")
         if self.prompt_cameras not in PROMPT_CAMERAS:
             raise ValueError(f"prompt_cameras {self.prompt_cameras!r} is not one of {PROMPT_CAMERAS}")
-        if not (self.evidence_wait_sec >= 0.0):
-            raise ValueError(f"evidence_wait_sec {self.evidence_wait_sec!r} must be >= 0")
-        if not (self.evidence_tolerance_sec >= 0.0):
-            raise ValueError(f"evidence_tolerance_sec {self.evidence_tolerance_sec!r} must be >= 0")
+        for name in ("max_queue", "prompt_cameras", "evidence_timeout_sec"):
+            setattr(self, name, schema.check("reaction_node", name, getattr(self, name)))
+        if not (0.0 <= self.max_backward_jump_sec < math.inf):
+            raise ValueError(f"max_backward_jump_sec {self.max_backward_jump_sec!r} must be a "
+                             "finite number >= 0")
         if not (self.poll_sec > 0.0):
             raise ValueError(f"poll_sec {self.poll_sec!r} must be > 0")
 
@@ -111,6 +116,11 @@ class _Job:
     revises: str = ""
     stop: threading.Event = field(default_factory=threading.Event)
     preempted_by: str = ""
+
+
+def response_id(trigger_id: str) -> str:
+    """The id of the answer to a trigger (its chunks and its final share it)."""
+    return f"resp-{trigger_id}"
 
 
 class ReactionEngine:
@@ -137,7 +147,8 @@ class ReactionEngine:
         self._closing = False
         self._stats_lock = threading.Lock()
         self.counts = {"frames_ingested": 0, "submitted": 0, "answered": 0, "errors": 0,
-                       "preempted": 0, "superseded": 0, "dropped": 0}
+                       "preempted": 0, "superseded": 0, "dropped": 0, "memory_clears": 0,
+                       "evidence_waits": 0, "evidence_missing": 0}
         self._last = {"ttft_sec": math.nan, "tokens_per_sec": math.nan, "encode_ms": math.nan,
                       "prompt_tokens": 0, "reused_tokens": 0}
         self._worker = threading.Thread(target=self._run, name="reaction-worker", daemon=True)
@@ -156,6 +167,13 @@ class ReactionEngine:
         """
         if not isinstance(frame, Frame):
             raise TypeError(f"ingest needs a Frame, got {type(frame).__name__}")
+        newest = self.memory.latest_stamp(frame.camera_id)
+        if frame.stamp < newest - self.config.max_backward_jump_sec:
+            LOG.warning("camera %r: time jumped back %.3f -> %.3f s (bag loop or sim-time reset): "
+                        "its memory is cleared", frame.camera_id, newest, frame.stamp)
+            self.memory.clear(frame.camera_id)
+            with self._stats_lock:
+                self.counts["memory_clears"] += 1
         tokens = self.vlm.encode_frame(frame.image, camera_id=frame.camera_id, stamp=frame.stamp,
                                        frame_index=frame.index, frame_id=frame.frame_id)
         stored = self.memory.add_frame(tokens)
@@ -175,8 +193,8 @@ class ReactionEngine:
         """
         if not isinstance(trigger, TriggerEvent):
             raise TypeError(f"submit needs a TriggerEvent, got {type(trigger).__name__}")
-        job = _Job(trigger, f"resp-{trigger.trigger_id}", time.perf_counter())
-        orphans: List[tuple] = []  # (job, error) finished without running, emitted unlocked
+        job = _Job(trigger, response_id(trigger.trigger_id), time.perf_counter())
+        orphans: List[tuple] = []  # (job, code, error) finished without running, emitted unlocked
         with self._cond:
             if self._closing:
                 raise RuntimeError("reaction engine is closed")
@@ -192,7 +210,8 @@ class ReactionEngine:
                 job.revises = current.response_id
                 self.counts["preempted"] += 1
                 if waiting is not None:  # an even older revision that never started
-                    orphans.append((self._queue[waiting], f"superseded by trigger {trigger.trigger_id}"))
+                    orphans.append((self._queue[waiting], ErrorCode.TRIGGER_SUPERSEDED,
+                                    f"superseded by trigger {trigger.trigger_id}"))
                     del self._queue[waiting]
                     self.counts["superseded"] += 1
                 self._queue.appendleft(job)
@@ -203,25 +222,26 @@ class ReactionEngine:
                 job.revises = stale.revises
                 self._queue[waiting] = job
                 self.counts["superseded"] += 1
-                orphans.append((stale, f"superseded by trigger {trigger.trigger_id}"))
+                orphans.append((stale, ErrorCode.TRIGGER_SUPERSEDED,
+                                f"superseded by trigger {trigger.trigger_id}"))
             else:
                 self._queue.append(job)
                 if len(self._queue) > self.config.max_queue:
                     orphans.append(self._drop_waiting(0))
             self._cond.notify_all()
-        for stale, error in orphans:
-            self._emit_final(stale, "", error, extras={"stop_reason": "not_started"})
+        for stale, code, error in orphans:
+            self._emit_final(stale, "", error, code=code, extras={"stop_reason": "not_started"})
         return job.response_id
 
     def _drop_waiting(self, index: int) -> tuple:
-        """Remove the waiting job at index on overflow (lock held); returns it with its error."""
+        """Remove the waiting job at index on overflow (lock held); returns it, its code and error."""
         dropped = self._queue[index]
         del self._queue[index]
         self.counts["dropped"] += 1
         LOG.warning("reaction queue full (%d): dropped trigger %s of query %s (%d dropped)",
                     self.config.max_queue, dropped.trigger.trigger_id, dropped.trigger.query_id,
                     self.counts["dropped"])
-        return dropped, "dropped: reaction queue full"
+        return dropped, ErrorCode.TRIGGER_DROPPED, "dropped: reaction queue full"
 
     # ---- lifecycle and diagnostics -------------------------------------------------------
     def wait_idle(self, timeout: float) -> bool:
@@ -241,7 +261,8 @@ class ReactionEngine:
                 self._current.stop.set()
             self._cond.notify_all()
         for job in waiting:
-            self._emit_final(job, "", "reaction engine closed", extras={"stop_reason": "not_started"})
+            self._emit_final(job, "", "reaction engine closed", code=ErrorCode.SHUTDOWN,
+                             extras={"stop_reason": "not_started"})
         if threading.current_thread() is not self._worker:  # close() from on_response cannot join
             self._worker.join(timeout)
         if self._worker.is_alive() and threading.current_thread() is not self._worker:
@@ -282,25 +303,28 @@ class ReactionEngine:
     def _react(self, job: _Job) -> None:
         trigger = job.trigger
         started = time.perf_counter()
-        if self.config.evidence_wait_sec > 0 and not self.memory.wait_for_frame(
-                trigger.camera_id, trigger.stamp - self.config.evidence_tolerance_sec,
-                self.config.evidence_wait_sec):
-            LOG.debug("trigger %s: evidence frame %s@%.3f not in memory after %.2f s; answering anyway",
-                      trigger.trigger_id, trigger.camera_id, trigger.stamp, self.config.evidence_wait_sec)
+        evidence = self._await_evidence(trigger, job.stop)
         if job.stop.is_set():  # revised or closed before it started
-            self._emit_final(job, "", "", extras={"stop_reason": "preempted" if job.preempted_by else "closed",
-                                                  "preempted_by": job.preempted_by})
+            code, error = (ErrorCode.TRIGGER_SUPERSEDED, f"superseded by trigger {job.preempted_by}") \
+                if job.preempted_by else (ErrorCode.SHUTDOWN, "reaction engine closed")
+            self._emit_final(job, "", error, code=code,
+                             extras={"stop_reason": "preempted" if job.preempted_by else "closed",
+                                     "preempted_by": job.preempted_by})
             return
         cameras = [trigger.camera_id] if self.config.prompt_cameras == "trigger" else None
         items = self.memory.snapshot(cameras)
-        sequence = 0
+        sequence = tokens = 0
         first_chunk: List[float] = []
+        produced: List[str] = []  # the text so far, for an answer that fails midway
 
-        def on_text(text: str) -> None:
-            nonlocal sequence
+        def on_text(text: str, tokens_so_far: int) -> None:
+            nonlocal sequence, tokens
             if not first_chunk:
                 first_chunk.append(time.perf_counter())
-            self._emit(self._event(job, text, final=False, sequence=sequence))
+            produced.append(text)
+            tokens = tokens_so_far
+            self._emit(self._event(job, text, final=False, sequence=sequence, token_count=tokens,
+                                   ttft_sec=first_chunk[0] - job.submitted))
             sequence += 1
 
         failed = out_of_memory = False
@@ -311,9 +335,13 @@ class ReactionEngine:
                         type(error).__name__, error)
             with self._stats_lock:
                 self.counts["errors"] += 1
-            self._emit_final(job, "", f"{type(error).__name__}: {error}", sequence=sequence,
-                             extras={"stop_reason": "error", "queue_wait_sec": started - job.submitted})
-            failed, out_of_memory = True, isinstance(error, torch.cuda.OutOfMemoryError)
+            out_of_memory = isinstance(error, torch.cuda.OutOfMemoryError)
+            self._emit_final(job, "".join(produced), f"{type(error).__name__}: {error}", sequence=sequence,
+                             ttft=(first_chunk[0] - job.submitted) if first_chunk else math.nan,
+                             token_count=tokens, extras={"stop_reason": "error",
+                                                         "queue_wait_sec": started - job.submitted},
+                             code=ErrorCode.OUT_OF_MEMORY if out_of_memory else ErrorCode.GENERATION_FAILED)
+            failed = True
         if out_of_memory:  # outside the except block, so the failed step's tensors are gone
             self.vlm.release_memory()
             LOG.warning("out of memory while answering trigger %s: cached memory released; "
@@ -327,7 +355,8 @@ class ReactionEngine:
                   "model_ttft_sec": result.ttft_sec, "prompt_tokens": result.prompt_tokens,
                   "prefill_tokens": result.prefill_tokens, "reused_tokens": result.reused_tokens,
                   "tokens_per_sec": result.tokens_per_sec, "duration_sec": result.duration_sec,
-                  "frames_in_prompt": sum(isinstance(it, FrameTokens) for it in items)}
+                  "frames_in_prompt": sum(isinstance(it, FrameTokens) for it in items),
+                  "evidence_in_memory": evidence}
         if job.preempted_by:
             extras["preempted_by"] = job.preempted_by
         with self._stats_lock:
@@ -336,8 +365,29 @@ class ReactionEngine:
                               prompt_tokens=result.prompt_tokens, reused_tokens=result.reused_tokens)
         if self.config.remember_dialogue and not job.preempted_by and not self._closing:
             self._remember(trigger, result.text)
-        self._emit_final(job, result.text, "", sequence=sequence, ttft=ttft,
-                         token_count=result.token_count, extras=extras)
+        code, error = ErrorCode.OK, ""
+        if job.preempted_by:  # a partial answer: the next final revises it
+            code, error = ErrorCode.PREEMPTED, f"preempted by trigger {job.preempted_by}"
+        elif result.stop_reason == "stopped":  # only close() stops an answer besides preemption
+            code, error = ErrorCode.SHUTDOWN, "reaction engine closed while answering"
+        self._emit_final(job, result.text, error, sequence=sequence, ttft=ttft,
+                         token_count=result.token_count, extras=extras, code=code)
+
+    def _await_evidence(self, trigger: TriggerEvent, stop: threading.Event) -> bool:
+        """True when the trigger's evidence frame is in memory (waiting only if it is not yet)."""
+        if self.memory.has_frame(trigger.camera_id, trigger.frame_index):
+            return True
+        with self._stats_lock:
+            self.counts["evidence_waits"] += 1
+        if self.memory.wait_for_frame(trigger.camera_id, trigger.frame_index,
+                                      self.config.evidence_timeout_sec) and not stop.is_set():
+            return True
+        with self._stats_lock:
+            self.counts["evidence_missing"] += 1
+        LOG.warning("trigger %s: evidence frame %s #%d not in memory after %.2f s; answering "
+                    "from the frames there are", trigger.trigger_id, trigger.camera_id,
+                    trigger.frame_index, self.config.evidence_timeout_sec)
+        return False
 
     def _remember(self, trigger: TriggerEvent, answer: str) -> None:
         for role, text in (("user", trigger.query_text), ("assistant", answer)):
@@ -353,9 +403,11 @@ class ReactionEngine:
                              **kwargs)
 
     def _emit_final(self, job: _Job, text: str, error: str, sequence: int = 0, ttft: float = math.nan,
-                    token_count: int = 0, extras: Optional[dict] = None) -> None:
+                    token_count: int = 0, extras: Optional[dict] = None,
+                    code: ErrorCode = ErrorCode.OK) -> None:
         self._emit(self._event(job, text, final=True, sequence=sequence, ttft_sec=ttft,
-                               token_count=token_count, error=error, extras=dict(extras or {})))
+                               token_count=token_count, error_code=code, error=error,
+                               extras=dict(extras or {})))
 
     def _emit(self, event: ResponseEvent) -> None:
         try:
@@ -364,4 +416,4 @@ class ReactionEngine:
             LOG.exception("on_response raised for %s (final=%s)", event.response_id, event.final)
 
 
-__all__ = ["ReactionConfig", "ReactionEngine", "PROMPT_CAMERAS"]
+__all__ = ["ReactionConfig", "ReactionEngine", "PROMPT_CAMERAS", "response_id"]

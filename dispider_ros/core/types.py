@@ -1,6 +1,7 @@
 """Plain records passed between the parts of the streaming core (no ROS types)."""
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
@@ -78,6 +79,21 @@ class TriggerEvent:
     frame_id: str = ""
 
 
+class ErrorCode(enum.IntEnum):
+    """Why a final answer is not a complete answer; the values are Response.msg's constants
+    (a test checks both directions). Clients branch on these, never on the error text."""
+
+    OK = 0  # answered (final) or streaming (chunk)
+    QUERY_REJECTED = 1  # the decision node refused the query (length, rate, duplicate id, mode)
+    TRIGGER_DROPPED = 2  # the reaction queue was full: this trigger was never answered
+    TRIGGER_SUPERSEDED = 3  # a newer trigger of the same query replaced it before it started
+    GENERATION_FAILED = 4  # the model raised while answering
+    OUT_OF_MEMORY = 5  # the device ran out of memory while answering
+    SHUTDOWN = 6  # the reaction engine closed before this answer ended
+    NOT_STARTED = 7  # never started for another reason, e.g. the node could not queue it
+    PREEMPTED = 8  # stopped while answering: a newer trigger of the same query revises it
+
+
 @dataclass
 class ResponseEvent:
     """A streamed chunk (final=False) or a complete answer (final=True)."""
@@ -92,7 +108,8 @@ class ResponseEvent:
     sequence: int
     revises_response_id: str = ""
     ttft_sec: float = float("nan")
-    token_count: int = 0
-    error: str = ""
+    token_count: int = 0  # chunk: tokens generated so far; final: in total
+    error_code: ErrorCode = ErrorCode.OK
+    error: str = ""  # human-readable reason when error_code != OK
     frame_id: str = ""
     extras: dict = field(default_factory=dict)  # timings for diagnostics/eval (not in the message)

@@ -11,9 +11,10 @@ The lines are exactly the prediction records `score_cli` reads (fields documente
                      clip_index, clip_start, abs_stamp, clock_stamp (the camera clock when
                      the trigger was made: later than stamp for a query answered at once)
     type "response"  query_id, trigger_id, response_id, stamp (of the evidence), text,
-                     final, sequence, ttft_sec, emit_stamp, token_count, error,
-                     revises_response_id, abs_stamp; final=false lines are streamed chunks
-                     (recorded when chunks are asked for)
+                     final, sequence, ttft_sec, emit_stamp, token_count, error_code (the
+                     Response.msg constant; 0 = answered), error, revises_response_id,
+                     abs_stamp; final=false lines are streamed chunks (recorded when chunks
+                     are asked for)
     type "run"       event "start" (mode, bag, annotations, t0, settings) or "end"
                      (system figures: sampled fps, drops, peak memory, speed); score_cli
                      skips these lines
@@ -112,7 +113,7 @@ class RunRecorder:
                  camera_id: str, text: str, final: bool, sequence: int = 0,
                  ttft_sec: Optional[float] = None, emit_abs_stamp: Optional[float] = None,
                  token_count: int = 0, error: str = "", revises_response_id: str = "",
-                 **extras) -> None:
+                 error_code: int = 0, **extras) -> None:
         """One final answer, or a chunk (final=False; skipped unless `chunks`)."""
         if not final and not self.chunks:
             return
@@ -121,7 +122,8 @@ class RunRecorder:
                   "response_id": response_id, "stamp": self.rel(abs_stamp), "camera_id": camera_id,
                   "text": text, "final": bool(final), "sequence": int(sequence)}
         if final:
-            record.update(ttft_sec=ttft_sec, token_count=int(token_count), error=error,
+            record.update(ttft_sec=ttft_sec, token_count=int(token_count),
+                          error_code=int(error_code), error=error,
                           revises_response_id=revises_response_id,
                           emit_stamp=None if emit_abs_stamp is None else self.rel(emit_abs_stamp))
         record["abs_stamp"] = abs_stamp

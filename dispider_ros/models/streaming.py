@@ -17,7 +17,8 @@ def callback_streamer(tokenizer, on_text: Optional[TextCallback]):
     generate() calls put()/end() on the thread that runs it (the reaction worker), so there
     is no queue to block on: an exception in generate() (or in the callback) propagates
     straight to the caller instead of leaving a reader waiting for text that never comes.
-    The streamer also records its chunks and when the first new token arrived.
+    The streamer also records its chunks, counts the new tokens (a chunk may cover several:
+    text is finalized at word boundaries) and notes when the first new token arrived.
     """
     return _streamer_class()(tokenizer, on_text)
 
@@ -32,17 +33,20 @@ def _streamer_class():
             self.on_text = on_text
             self.chunks: List[str] = []
             self.first_token_time: Optional[float] = None
+            self.token_count = 0  # new tokens put so far
 
         def put(self, value):
-            if self.first_token_time is None and not self.next_tokens_are_prompt:
-                self.first_token_time = time.perf_counter()
+            if not self.next_tokens_are_prompt:  # the first put() is the prompt
+                if self.first_token_time is None:
+                    self.first_token_time = time.perf_counter()
+                self.token_count += value.numel()  # (1,) or (1, 1): batch size 1
             super().put(value)
 
         def on_finalized_text(self, text: str, stream_end: bool = False):
             if text:
                 self.chunks.append(text)
                 if self.on_text is not None:
-                    self.on_text(text)
+                    self.on_text(text, self.token_count)
 
     return CallbackStreamer
 

@@ -79,4 +79,4 @@ def response_to_msg(event: ResponseEvent) -> Response:
         trigger_id=event.trigger_id, query_id=event.query_id, camera_id=event.camera_id,
         text=event.text, final=bool(event.final), sequence=int(event.sequence),
         revises_response_id=event.revises_response_id, ttft_sec=float(event.ttft_sec),
-        token_count=int(event.token_count), error=event.error)
+        token_count=int(event.token_count), error_code=int(event.error_code), error=event.error)

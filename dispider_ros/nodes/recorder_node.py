@@ -98,14 +98,14 @@ class OutputRecorder:
             with self.lock:
                 if msg.trigger_id:
                     self.answered[msg.trigger_id] = msg.response_id
-                elif msg.error:
+                elif msg.error_code == Response.QUERY_REJECTED:
                     self.rejected += 1
         ttft = float(msg.ttft_sec) if msg.final and msg.ttft_sec > 0 else None
         self.recorder.response(
             msg.response_id, msg.trigger_id, msg.query_id, to_sec(msg.header.stamp),
             self.camera(msg.camera_id), msg.text, msg.final, sequence=msg.sequence,
             ttft_sec=ttft, emit_abs_stamp=self.clock() if msg.final else None,
-            token_count=msg.token_count, error=msg.error,
+            token_count=msg.token_count, error_code=msg.error_code, error=msg.error,
             revises_response_id=msg.revises_response_id)
 
 

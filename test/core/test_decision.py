@@ -146,6 +146,24 @@ def test_expiry_limits_cameras_cancel_and_unique_ids():
     assert (stats["queries_expired"], stats["queries_completed"], stats["queries_cancelled"]) == (1, 1, 1)
 
 
+def test_assigned_ids_never_collide_across_cores_namespaces_or_restarts():
+    """Two robots (namespaces), each restarted, all asking id-less questions: no id twice."""
+    cores = [DecisionCore(DecisionConfig(id_prefix=f"/robot{n}/decision_node-{token}",
+                                         max_queries_per_sec=0.0, cooldown_sec=0.0))
+             for n in (1, 2) for token in ("3fa2c1", "9b07e4")]
+    cores += [DecisionCore(DecisionConfig(max_queries_per_sec=0.0, cooldown_sec=0.0)) for _ in range(2)]
+    query_ids, trigger_ids = [], []
+    for core in cores:
+        query_ids.append(core.new_query_id())  # what decision_node names a rejected id-less query
+        for _ in range(3):
+            query, _ = core.add_query(QuerySpec("", "narrate", mode="boundary"), now_stamp=1.0)
+            query_ids.append(query.query_id)
+        trigger_ids += [t.trigger_id for t in core.on_feature(feature(1.5, boundary=True))]
+    assert len(set(query_ids)) == len(query_ids) == 6 * 4 and len(trigger_ids) == 6 * 3
+    assert len(set(trigger_ids)) == len(trigger_ids)
+    assert query_ids[:4] == [f"/robot1/decision_node-3fa2c1-q{n}" for n in (1, 2, 3, 4)]
+
+
 def test_time_going_back_resets_camera_state():
     core, _ = make_core(smoothing=0.0, cooldown_sec=100.0)
     core.add_query(QuerySpec("cup", "tell me when the red cup is on the table"), now_stamp=0.0)

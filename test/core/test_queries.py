@@ -57,6 +57,13 @@ def test_empty_id_gets_a_fresh_one_and_auto_mode_is_resolved():
     assert a.spec.stamp == 1.0  # unset stamp = now
 
 
+def test_assigned_ids_carry_the_prefix_and_skip_ids_a_client_chose():
+    registry = QueryRegistry(RegistryConfig(max_queries_per_sec=0), id_prefix="/robot1/decision_node-3fa2c1")
+    registry.add(spec(query_id="/robot1/decision_node-3fa2c1-q1"), now=1.0)
+    assigned = registry.add(spec(query_id=""), now=1.0)
+    assert assigned.query_id == "/robot1/decision_node-3fa2c1-q2"
+
+
 def test_duplicate_id_replace_or_reject():
     registry = QueryRegistry(RegistryConfig(on_duplicate="replace"))
     first = registry.add(spec("first", query_id="same", mode="match"), now=0.0)

@@ -215,9 +215,14 @@ def test_pooled_frames_are_valid_model_input(model_path, vlm):
 def test_streamed_chunks_are_the_decoded_answer(model_path):
     vlm = backend(model_path, max_new_tokens=40, min_new_tokens=40)
     parts = PromptParts(memory_with(vlm, synthetic_frames(2, seed=7)).snapshot(), QUESTION)
-    chunks = []
-    result = vlm.generate(parts, on_text=chunks.append)
+    chunks, counts = [], []
+    result = vlm.generate(parts, on_text=lambda text, tokens: (chunks.append(text), counts.append(tokens)))
     assert len(chunks) >= 2 and "".join(chunks) == result.text
+    # Each chunk says how many new tokens it and the chunks before it were decoded from.
+    assert counts == sorted(counts) and 0 < counts[0] < counts[-1] <= result.token_count == 40
+    for n, tokens in enumerate(counts):
+        decoded = vlm.tokenizer.decode(result.token_ids[:tokens], skip_special_tokens=True)
+        assert decoded.startswith("".join(chunks[:n + 1]))
     assert result.text == vlm.tokenizer.decode(result.token_ids, skip_special_tokens=True)
     assert result.token_count == 40 and result.stop_reason == "max_new_tokens"
     assert 0 < result.ttft_sec < result.duration_sec and result.tokens_per_sec > 0
@@ -227,7 +232,7 @@ def test_stop_event_ends_generation_early(model_path):
     vlm = backend(model_path, max_new_tokens=60, min_new_tokens=60)
     parts = PromptParts(memory_with(vlm, synthetic_frames(2, seed=8)).snapshot(), QUESTION)
     stop = threading.Event()
-    result = vlm.generate(parts, on_text=lambda text: stop.set(), stop=stop)
+    result = vlm.generate(parts, on_text=lambda text, tokens: stop.set(), stop=stop)
     assert result.stop_reason == "stopped" and result.token_count < 60
 
 

@@ -24,7 +24,7 @@ class Camera:
     def __init__(self, client):
         from sensor_msgs.msg import CompressedImage, Image
 
-        self.raw = client.publisher(Image, "image", wait_subscribers=2)  # perception + reaction
+        self.raw = client.publisher(Image, "image", wait_subscribers=1)  # perception only: reaction takes sampled_image
         self.compressed = client.publisher(CompressedImage, "image/compressed")
         self.clock = 0.0
 
@@ -107,7 +107,7 @@ def test_present_question_is_answered_with_consistent_ids(graph):
     triggers = [t for t in client.messages("trigger") if t.query_id == "now-1"]
     assert len(triggers) == 1 and triggers[0].policy == "now"
     trigger = triggers[0]
-    assert final.trigger_id == trigger.trigger_id and final.final and not final.error
+    assert final.trigger_id == trigger.trigger_id and final.final and final.error_code == final.OK
     assert stamp_of(final.header) == stamp_of(trigger.header)  # the evidence stamp is copied
     assert final.camera_id == trigger.camera_id and final.camera_id.endswith("/image")
     assert final.token_count > 0 and final.ttft_sec > 0
@@ -115,6 +115,10 @@ def test_present_question_is_answered_with_consistent_ids(graph):
                      if m.response_id == final.response_id), key=lambda m: m.sequence)
     assert [m.sequence for m in chunks] == list(range(len(chunks))) and final.sequence == len(chunks)
     assert "".join(m.text for m in chunks) == final.text
+    # Chunks carry the tokens generated so far and the ttft (the first chunk fixes it).
+    assert [m.token_count for m in chunks] == sorted(m.token_count for m in chunks)
+    assert chunks and 0 < chunks[0].token_count and chunks[-1].token_count <= final.token_count
+    assert all(m.ttft_sec == final.ttft_sec and m.error_code == m.OK for m in chunks)
     wait_for(lambda: any(m.data.startswith("[now-1] ") for m in client.messages("response_text")),
              10, "the String mirror of the answer")
 

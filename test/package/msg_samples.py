@@ -16,7 +16,8 @@ def samples():
     trigger.header = query.header
     response = Response(response_id="r-9", trigger_id="t-7", query_id="q-1", camera_id="front",
                         text="The flower is open.", final=True, sequence=4,
-                        revises_response_id="r-8", ttft_sec=0.125, token_count=17, error="")
+                        revises_response_id="r-8", ttft_sec=0.125, token_count=17,
+                        error_code=Response.PREEMPTED, error="preempted by trigger t-8")
     response.header = query.header
     feature = FrameFeature(camera_id="front", frame_index=41, clip_index=3, clip_boundary=True,
                            clip_start=Time(sec=10, nanosec=1), clip_similarity=0.5, encoder="tiny:siglip",

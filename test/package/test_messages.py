@@ -47,6 +47,18 @@ def test_serialize_round_trip():
         assert back == message or type(message).__name__ == "FrameFeature"
 
 
+def test_response_error_codes_are_the_core_error_codes():
+    """Every Response constant is an ErrorCode of the same name and value, and vice versa."""
+    require_ros()
+    from dispider_ros.core.types import ErrorCode
+    from dispider_ros.msg import Response
+
+    assert Response.get_fields_and_field_types()["error_code"] == "uint8"
+    in_msg = {name: getattr(Response, name) for name in dir(Response)
+              if name.isupper() and isinstance(getattr(Response, name), int)}
+    assert in_msg == {code.name: code.value for code in ErrorCode}
+
+
 PUBLISHER = r"""
 import sys, time
 sys.path.insert(0, sys.argv[1])

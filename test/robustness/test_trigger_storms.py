@@ -21,14 +21,15 @@ from hypothesis import strategies as st
 
 from dispider_ros.core.memory import MemoryConfig
 from dispider_ros.core.reaction import ReactionConfig, ReactionEngine
-from dispider_ros.core.types import Frame, TriggerEvent
+from dispider_ros.core.types import ErrorCode, Frame, TriggerEvent
 from dispider_ros.models import tiny
 from dispider_ros.models.registry import load_reaction_vlm
 from dispider_ros.models.vlm_config import ReactionVLMConfig
 from fuzz_tools import profile, tally
 
 WAIT = 60.0
-QUEUE_ERRORS = ("dropped: reaction queue full", "superseded by trigger ")
+QUEUE_OUTCOMES = {ErrorCode.OK, ErrorCode.TRIGGER_DROPPED, ErrorCode.TRIGGER_SUPERSEDED,
+                  ErrorCode.PREEMPTED}
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +70,7 @@ def test_every_trigger_of_a_storm_gets_exactly_one_final(vlm, storm, max_queue, 
     tally("trigger_storm", len(storm))
     sink = Sink()
     engine = ReactionEngine(ReactionConfig(memory=MemoryConfig(max_tokens=200), max_queue=max_queue,
-                                           preempt_same_query=preempt, evidence_wait_sec=wait),
+                                           preempt_same_query=preempt, evidence_timeout_sec=wait),
                             sink, vlm=vlm)
     try:
         submitted = Counter()
@@ -84,7 +85,8 @@ def test_every_trigger_of_a_storm_gets_exactly_one_final(vlm, storm, max_queue, 
         finals = sink.finals()
         assert Counter(e.response_id for e in finals) == submitted  # exactly one per trigger
         for event in finals:
-            assert event.error == "" or event.error.startswith(QUEUE_ERRORS), event.error
+            assert event.error_code in QUEUE_OUTCOMES, (event.error_code, event.error)
+            assert bool(event.error) == (event.error_code != ErrorCode.OK), event
         stats = engine.stats()
         assert stats["errors"] == 0 and stats["submitted"] == len(storm)
         assert stats["answered"] + stats["dropped"] + stats["superseded"] <= len(storm)
@@ -92,7 +94,8 @@ def test_every_trigger_of_a_storm_gets_exactly_one_final(vlm, storm, max_queue, 
         engine.submit(trigger("after", "plain"))
         sink.wait_finals(len(storm) + 1)
         last = sink.finals()[-1]
-        assert last.response_id == "resp-after" and last.error == "" and last.token_count > 0
+        assert last.response_id == "resp-after" and last.error_code == ErrorCode.OK
+        assert last.token_count > 0
     finally:
         engine.close()
 
@@ -118,7 +121,7 @@ def _fail_after(vlm, tokens, error):
 def test_a_failure_mid_generation_gives_an_error_final_and_the_next_trigger_is_answered(
         vlm, error, caplog):
     sink = Sink()
-    engine = ReactionEngine(ReactionConfig(evidence_wait_sec=0.0), sink, vlm=vlm)
+    engine = ReactionEngine(ReactionConfig(evidence_timeout_sec=0.0), sink, vlm=vlm)
     handle = _fail_after(vlm, 2, error)
     try:
         engine.ingest(Frame("cam", 1.0, 0, IMAGE))
@@ -126,15 +129,16 @@ def test_a_failure_mid_generation_gives_an_error_final_and_the_next_trigger_is_a
             engine.submit(trigger("t1"))
             sink.wait_finals(1)
         failed = sink.finals()[0]
-        assert failed.error.startswith(type(error).__name__) and str(error) in failed.error
-        assert failed.extras["stop_reason"] == "error"
+        oom = isinstance(error, torch.cuda.OutOfMemoryError)
+        assert failed.error_code == (ErrorCode.OUT_OF_MEMORY if oom else ErrorCode.GENERATION_FAILED)
+        assert str(error) in failed.error and failed.extras["stop_reason"] == "error"
         assert "generation for trigger t1 failed" in caplog.text
-        if isinstance(error, torch.cuda.OutOfMemoryError):
+        if oom:
             assert "out of memory" in caplog.text
         engine.submit(trigger("t2"))
         sink.wait_finals(2)
         ok = sink.finals()[1]
-        assert ok.error == "" and ok.token_count > 0
+        assert ok.error_code == ErrorCode.OK and ok.token_count > 0
         assert engine.stats()["errors"] == 1 and engine.stats()["answered"] == 1
     finally:
         handle.remove()
@@ -148,7 +152,7 @@ def test_real_cuda_out_of_memory_is_answered_with_an_error_and_the_engine_recove
     model = load_reaction_vlm(ReactionVLMConfig(model=tiny.resolve_model_path("tiny:qwen2_vl"),
                                                 device=device, max_new_tokens=8))
     sink = Sink()
-    engine = ReactionEngine(ReactionConfig(evidence_wait_sec=0.0), sink, vlm=model)
+    engine = ReactionEngine(ReactionConfig(evidence_timeout_sec=0.0), sink, vlm=model)
     total = torch.cuda.get_device_properties(0).total_memory
     try:
         for i in range(4):
@@ -158,11 +162,11 @@ def test_real_cuda_out_of_memory_is_answered_with_an_error_and_the_engine_recove
         torch.cuda.set_per_process_memory_fraction((torch.cuda.memory_allocated() + 1024) / total, 0)
         engine.submit(trigger("t1"))
         sink.wait_finals(1)
-        assert sink.finals()[0].error.startswith("OutOfMemoryError"), sink.finals()[0].error
+        assert sink.finals()[0].error_code == ErrorCode.OUT_OF_MEMORY, sink.finals()[0].error
         torch.cuda.set_per_process_memory_fraction(1.0, 0)
         engine.submit(trigger("t2"))
         sink.wait_finals(2)
-        assert sink.finals()[1].error == "" and sink.finals()[1].token_count > 0
+        assert sink.finals()[1].error_code == ErrorCode.OK and sink.finals()[1].token_count > 0
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0, 0)
         engine.close()
@@ -173,7 +177,7 @@ def test_the_memory_budget_bounds_the_whole_prompt_over_a_long_stream(vlm):
     """Regression (found by the soak): pooled frames still cost their labels, so 1-token frames
     piled up until a 4096-token budget meant a 34,000-token prompt and gigabytes of attention."""
     sink = Sink()
-    engine = ReactionEngine(ReactionConfig(memory=MemoryConfig(max_tokens=512), evidence_wait_sec=0.0),
+    engine = ReactionEngine(ReactionConfig(memory=MemoryConfig(max_tokens=512), evidence_timeout_sec=0.0),
                             sink, vlm=vlm)
     try:
         for i in range(600):
@@ -182,7 +186,7 @@ def test_the_memory_budget_bounds_the_whole_prompt_over_a_long_stream(vlm):
                 engine.submit(trigger(f"long-{i}", stamp=1000.0 + 0.5 * i))
                 assert engine.wait_idle(WAIT)
         prompts = [e.extras["prompt_tokens"] for e in sink.finals()]
-        assert len(prompts) == 3 and all(e.error == "" for e in sink.finals())
+        assert len(prompts) == 3 and all(e.error_code == ErrorCode.OK for e in sink.finals())
         question_and_header = 64  # system message, question, assistant header: outside the budget
         assert max(prompts) <= 512 + question_and_header, prompts
         assert engine.memory.token_count() <= 512
