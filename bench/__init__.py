@@ -1,1 +1,1 @@
-"""Benchmark suite of the performance bars (ARCHITECTURE.md section 5); run with `python -m bench`."""
+"""Benchmark suite of the performance bars (see bench/README.md); run with `python -m bench`."""

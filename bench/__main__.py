@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     threads = {"torch.set_num_threads": 1, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
                "perception loop": 1, "reaction worker": 1, "P4 arm processes": 1,
                "note": "2 cores: perception and reaction each get one; 2 intra-op threads per "
-                       "worker would oversubscribe (see ENVIRONMENT.md)"}
+                       "worker would oversubscribe the cores"}
     info = machine(threads)
     print(f"bench ({mode}) on {info['cpu']}, {info['cores']} cores, torch {info['torch']}, "
           f"transformers {info['transformers']}, load average {info['load_average_start']}", flush=True)
