@@ -175,7 +175,8 @@ class Driver:
     def _on_response(self, msg):
         with self.lock:
             self.responses.append({"query_id": msg.query_id, "trigger_id": msg.trigger_id,
-                                   "error": msg.error, "ttft_sec": msg.ttft_sec,
+                                   "error_code": msg.error_code, "error": msg.error,
+                                   "ttft_sec": msg.ttft_sec,
                                    "token_count": msg.token_count,
                                    "stamp": msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9})
 
@@ -315,12 +316,12 @@ def run(args) -> dict:
     node_faults = {name: faults(final[name]) for name in NODES}
     with driver.lock:
         responses, triggers = list(driver.responses), list(driver.triggers)
-    error_responses = [r for r in responses if r["error"]]
+    error_responses = [r for r in responses if r["error_code"]]
     errors = sum(sum(f.values()) for f in node_faults.values()) + len(error_responses)
     rss = {name: [s[f"rss_mb.{name}"] for s in samples] for name in NODES}
     growths = {name: round(growth(series), 4) for name, series in rss.items()}
     sampled = float(final["perception_node"].get(f"{camera}/sampled", "nan"))
-    ttfts = [r["ttft_sec"] for r in responses if not r["error"] and r["ttft_sec"] > 0]
+    ttfts = [r["ttft_sec"] for r in responses if not r["error_code"] and r["ttft_sec"] > 0]
     result = {
         "simulated_hours": round(args.camera_sec / 3600.0, 4),
         "rss_growth": max(growths.values()),
