@@ -19,7 +19,9 @@ are skipped. Fields:
     response_id  the response's id
     ttft_sec     responses: seconds from trigger to first token (null/NaN if unknown)
     emit_stamp   responses: recording time at which the final text came out (optional)
-    error        responses: non-empty when generation failed (such a response is not scored)
+    error        responses: non-empty when the answer is not a complete one (failed, stopped,
+                 dropped, rejected); such a response is not scored. Run records also carry
+                 `error_code` (Response.msg's constants), kept in `extras`
     mode, score, policy, ...   anything else is kept in `extras` and not scored
 
 Scoring (format dispider) uses final, error-free responses; see `score_dispider`.

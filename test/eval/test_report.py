@@ -42,7 +42,7 @@ def _write_run(folder, chunks=False):
         rec.trigger("t3", "dog", T0 + 2.0, BACK, "match", np.float32(0.7), 4, 0, T0,
                     clock_abs=T0 + 2.0)
         rec.response("r3", "t3", "dog", T0 + 2.0, BACK, "", True, error="RuntimeError: boom",
-                     emit_abs_stamp=T0 + 2.1)
+                     error_code=4, emit_abs_stamp=T0 + 2.1)
         rec.run("end", system={"camera_seconds": 5.0, "wall_seconds": 0.5, "speed_factor": 10.0,
                                "sampled_fps": {FRONT: 2.0, BACK: 2.0}, "dropped_frames": 0,
                                "peak_rss_mb": 400.0})
@@ -55,6 +55,8 @@ def test_record_lines_are_json_and_score_cli_reads_them(tmp_path):
     door = next(line for line in lines if line.get("response_id") == "r2")
     assert door["stamp"] == pytest.approx(3.2) and door["emit_stamp"] == pytest.approx(3.5)
     assert door["ttft_sec"] is None  # NaN is written as null, never as invalid JSON
+    failed = next(line for line in lines if line.get("response_id") == "r3")
+    assert (door["error_code"], failed["error_code"]) == (0, 4)  # Response.GENERATION_FAILED
     dog = next(line for line in lines if line.get("trigger_id") == "t3" and line["type"] == "trigger")
     assert isinstance(dog["score"], float) and dog["clock_stamp"] == pytest.approx(2.0)
     records = load_predictions(tmp_path / PREDICTIONS)  # "run" lines skipped
