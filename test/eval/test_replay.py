@@ -8,6 +8,7 @@ import yaml
 
 from conftest import REPO, shared_file
 from dispider_ros.eval import annotations as ann
+from dispider_ros import settings
 from dispider_ros.eval import bagio, replay
 from dispider_ros.eval.record import PREDICTIONS, read_run
 from dispider_ros.footage import video_frames
@@ -62,11 +63,12 @@ def offline_runs(flower):
     ("/**/decision_node", "/perception_node", False), ("/*/reaction_node", "/reaction_node", False),
 ])
 def test_node_name_wildcards(pattern, fqn, hit):
-    assert replay._pattern_matches(pattern, fqn) is hit
+    assert settings.pattern_matches(pattern, fqn) is hit
 
 
-def test_node_settings_follow_the_yaml(tmp_path):
-    perception = replay.node_settings("perception_node")  # the package's config/dispider.yaml
+def test_replay_settings_follow_the_yaml(tmp_path):
+    perception = replay.ReplayOptions().settings("perception_node")  # config/dispider.yaml
+    assert perception == settings.node_settings("perception_node", None, {"preset": "tiny"})
     assert perception["batch_size"] == 4 and perception["sample_fps"] == 2.0
     assert perception["autostart"] is True and perception["preset"] == "tiny"
     params = tmp_path / "p.yaml"
@@ -74,26 +76,13 @@ def test_node_settings_follow_the_yaml(tmp_path):
         "/**": {"ros__parameters": {"preset": "tiny"}},
         "/robot/decision_node": {"ros__parameters": {"cooldown_sec": 2.0}},
         "/**/decision_node": {"ros__parameters": {"trigger_threshold": 0.7}}}))
-    decision = replay.node_settings("decision_node", params, {"smoothing": 0.2}, namespace="/robot")
+    decision = settings.node_settings("decision_node", params, {"smoothing": 0.2}, namespace="/robot")
     assert (decision["cooldown_sec"], decision["trigger_threshold"], decision["smoothing"]) == (2.0, 0.7, 0.2)
-    assert replay.node_settings("decision_node", params)["cooldown_sec"] == 5.0  # other namespace
-    _, config = replay.decision_configs(decision)
-    assert config.cooldown_sec == 2.0
+    assert settings.node_settings("decision_node", params)["cooldown_sec"] == 5.0  # other namespace
+    options = replay.ReplayOptions(params_file=params, overrides={"decision_node": {"smoothing": 0.2}})
+    assert options.settings("decision_node")["trigger_threshold"] == 0.7
     with pytest.raises(ValueError, match="not one of"):
-        replay.node_settings("camera_node", params)
-
-
-def test_defaults_are_the_nodes_own():
-    """NODE_DEFAULTS mirrors nodes/*.py PARAMS (the offline replay cannot import rclpy)."""
-    try:
-        from dispider_ros.nodes import decision_node, perception_node, reaction_node
-    except ImportError as error:
-        pytest.skip(f"node modules need rclpy and the built messages: {error}")
-    for node, module in (("perception_node", perception_node), ("decision_node", decision_node),
-                         ("reaction_node", reaction_node)):
-        declared = {p.name: p.default for p in module.PARAMS}
-        for name, value in replay.NODE_DEFAULTS[node].items():
-            assert declared[name] == value, f"{node}.{name}: node {declared[name]!r} != replay {value!r}"
+        settings.node_settings("camera_node", params)
 
 
 # ------------------------------------------------------------------ time ---------------

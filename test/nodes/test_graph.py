@@ -149,8 +149,13 @@ def test_proactive_query_fires_at_the_scene_change_not_at_once(graph):
 
 def test_parameters_out_of_range_rejected_in_range_applied(graph):
     _, client, camera, _ = graph
-    (result,) = client.set_params("perception_node", {"sample_fps": 1000.0})
+    (result,) = client.set_params("perception_node", {"sample_fps": 5000.0})
     assert not result.successful and "sample_fps" in result.reason
+    (result,) = client.set_params("perception_node", {"sampled_image_format": "png"})
+    assert not result.successful and "not one of" in result.reason
+    # The models in use read back (resolved from the preset), not the empty parameter.
+    assert client.get_params("perception_node", ["vision_model", "device"]) == ["tiny:siglip", "cpu"]
+    assert client.get_params("reaction_node", ["vlm_model", "dtype"]) == ["tiny:qwen2_vl", "float32"]
     (result,) = client.set_params("decision_node", {"trigger_threshold": 1.5})
     assert not result.successful
     (result,) = client.set_params("perception_node", {"vision_model": "other/model"})
@@ -204,7 +209,7 @@ from dispider_ros.nodes.camera_player import rgb_to_image
 rclpy.init()
 node = rclpy.create_node("image_flood")
 publisher = node.create_publisher(Image, sys.argv[1], 10)
-while publisher.get_subscription_count() < 2:
+while publisher.get_subscription_count() < 1:  # perception (the reaction takes sampled_image)
     rclpy.spin_once(node, timeout_sec=0.05)
 frame, start, sent = np.zeros((240, 320, 3), np.uint8), float(sys.argv[2]), 0
 print("flooding", flush=True)

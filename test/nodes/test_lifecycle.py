@@ -9,7 +9,7 @@ def test_bad_model_fails_configure_then_recovers(tmp_path):
     require_ros()
     namespace = unique_namespace("lifecycle")
     graph = Graph(tmp_path, namespace)
-    graph.start("perception_node", {"vision_model": "/nonexistent/siglip"})
+    graph.start("perception_node", {"vision_model": "/nonexistent/siglip", "autostart": False})
     client = Client(namespace)
     try:
         client.wait_state("perception_node", "unconfigured")

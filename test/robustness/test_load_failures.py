@@ -53,13 +53,14 @@ def test_a_broken_model_source_raises_naming_it(broken, name):
 
 def test_trust_remote_code_is_off_unless_asked_for():
     from dispider_ros.models.loading import LoadConfig
-    from dispider_ros.nodes.params import common_params
+    from dispider_ros.core import schema
 
     assert LoadConfig(model="x").pretrained_kwargs()["trust_remote_code"] is False
     assert ReactionVLMConfig().trust_remote_code is False
     assert VisionEncoderConfig(model="x").trust_remote_code is False
-    (param,) = [p for p in common_params("vlm_model", "") if p.name == "trust_remote_code"]
-    assert param.default is False and param.static
+    for node in schema.NODES:
+        param = schema.param(node, "trust_remote_code")
+        assert param.default is False and not param.live
 
 
 def test_nodes_with_unloadable_models_stay_up_unconfigured_and_say_why(broken, tmp_path):
