@@ -124,8 +124,8 @@ def arm_main(argv=None) -> int:
         if not done.wait(600):
             raise TimeoutError("no answer within 600 s")
         ended, event = finals[-1]
-        if event.error:
-            raise RuntimeError(f"trigger failed: {event.error}")
+        if event.error_code:
+            raise RuntimeError(f"trigger failed ({event.error_code.name}): {event.error}")
         return ended - began, event.ttft_sec
 
     triggers = 0

@@ -140,7 +140,7 @@ class Console:
         with self.lock:
             self.finals.append(msg)
         revises = f" (revises {msg.revises_response_id})" if msg.revises_response_id else ""
-        error = f" ERROR: {msg.error}" if msg.error else ""
+        error = f" ERROR {msg.error_code}: {msg.error}" if msg.error_code != msg.OK else ""
         print(f"  [{self.stamp(msg.header)}] RESPONSE {msg.response_id} to {msg.query_id} via "
               f"{msg.trigger_id}{revises}: {msg.text!r} ({msg.token_count} tokens, TTFT "
               f"{msg.ttft_sec * 1000:.0f} ms){error}", flush=True)
@@ -242,7 +242,7 @@ def main(argv=None) -> int:
         executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()
-    ttfts = [m.ttft_sec for m in console.finals if not m.error]
+    ttfts = [m.ttft_sec for m in console.finals if m.error_code == m.OK]
     print("\nsummary:")
     print(f"  wall time {time.monotonic() - wall0:.1f} s; features {console.features}; "
           f"triggers {len(console.triggers)}; responses {len(console.finals)}")
