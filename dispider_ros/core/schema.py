@@ -72,7 +72,7 @@ def _common(node: str, model_description: str) -> Tuple[Param, ...]:
               "tiny:<family>; empty = from the preset (reads back as the model in use once "
               "configured)"),
         Param("device", "", "torch device: cpu, cuda:0, cuda:1 ...; empty = from the preset"),
-        Param("dtype", "", "float32 | float16 | bfloat16 | auto; empty = from the preset",
+        Param("dtype", "", "torch dtype of the model; empty = from the preset",
               choices=("", "auto", "float32", "float16", "bfloat16")),
         Param("local_files_only", True, "never contact a model hub"),
         Param("trust_remote_code", False, "run code shipped with a checkpoint (off: a "
@@ -180,3 +180,29 @@ def defaults(node: str) -> Dict[str, Any]:
 def check(node: str, name: str, value: Any) -> Any:
     """Validate one value against the schema (ValueError naming the bad value)."""
     return param(node, name).check(value)
+
+
+def markdown_table() -> str:
+    """The README's parameter table (`python -m dispider_ros.core.schema`; a test keeps the
+    README equal to it)."""
+    rows = ["| node | parameter | default | range / values | live | description |",
+            "|---|---|---|---|---|---|"]
+    common = {p.name for p in PARAMS["perception_node"]} & {p.name for p in PARAMS["decision_node"]} \
+        & {p.name for p in PARAMS["reaction_node"]}
+    seen = set()
+    for node in NODES:
+        for p in PARAMS[node]:
+            label = "all" if p.name in common else node.replace("_node", "")
+            if (label, p.name) in seen:
+                continue
+            seen.add((label, p.name))
+            limits = f"[{p.low:g}, {p.high:g}]" if p.low is not None else \
+                ", ".join(f"`{c}`" if c else "`''`" for c in p.choices)
+            shown = f"`{p.default!r}`" if not isinstance(p.default, bool) else f"`{str(p.default).lower()}`"
+            rows.append(f"| {label} | `{p.name}` | {shown} | {limits} | {'live' if p.live else 'static'} "
+                        f"| {p.description} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

@@ -121,3 +121,11 @@ def test_declared_ros_parameters_and_the_offline_replay_read_the_same_values():
             node.destroy_node()
         finally:
             rclpy.shutdown(context=context)
+
+
+def test_the_readme_parameter_table_is_the_schemas():
+    readme = (REPO / "README.md").read_text()
+    begin, end = "<!-- schema:begin -->\n", "\n<!-- schema:end -->"
+    assert begin in readme and end in readme
+    table = readme[readme.index(begin) + len(begin):readme.index(end)]
+    assert table == schema.markdown_table(), "regenerate it: python -m dispider_ros.core.schema"
