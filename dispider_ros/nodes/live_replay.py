@@ -17,6 +17,11 @@ beside the three node processes, which run with ``use_sim_time:=true``):
 
     python -m dispider_ros.nodes.live_replay --bag B --annotations A --out run.jsonl \
         --namespace /ns --rate 2 [--camera-topic /camera/image_raw]
+
+Why it lives in `nodes`, not `eval`: it is an rclpy process, installed as an executable
+beside the nodes (lib/dispider_ros/live_replay), and it reuses the nodes' message
+conversion and QoS; `eval` stays importable without rclpy (a test imports it with every
+ROS module blocked) and only starts this player as a process.
 """
 from __future__ import annotations
 
