@@ -1,4 +1,4 @@
-"""decision_node alone: the same node, parameters and arguments as in dispider.launch.py.
+"""decision_node alone, declared as in dispider.launch.py, with the arguments it uses.
 
     ros2 launch dispider_ros decision.launch.py --show-args
 """

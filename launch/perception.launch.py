@@ -1,4 +1,4 @@
-"""perception_node alone: the same node, parameters and arguments as in dispider.launch.py.
+"""perception_node alone, declared as in dispider.launch.py, with the arguments it uses.
 
     ros2 launch dispider_ros perception.launch.py --show-args
 """

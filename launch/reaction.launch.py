@@ -1,4 +1,4 @@
-"""reaction_node alone: the same node, parameters and arguments as in dispider.launch.py.
+"""reaction_node alone, declared as in dispider.launch.py, with the arguments it uses.
 
     ros2 launch dispider_ros reaction.launch.py --show-args
 """
