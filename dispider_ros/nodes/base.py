@@ -211,6 +211,12 @@ class DispiderNode(LifecycleNode):
         return SetParametersResult(successful=True)
 
     def _after_set_parameters(self, changes) -> None:
+        for change in changes:  # the health timer follows its parameter in every state
+            if change.name == "diagnostics_period_sec":
+                self._diagnostics_timer.cancel()
+                self.destroy_timer(self._diagnostics_timer)
+                self._diagnostics_timer = self.create_timer(
+                    change.value, self.health.publish, callback_group=self.control_group)
         pending, self._pending = self._pending, {}
         if not pending:
             return

@@ -148,9 +148,13 @@ class Player:
     def missing(self) -> List[str]:
         """What the graph still lacks before playback can start (empty = ready)."""
         trigger_sub, response_sub = self.outputs.subscriptions[:2]
-        checks = [(f"{topic} subscribed by perception and reaction", pub.get_subscription_count() >= 2)
-                  for topic, pub in self.images.items()]
-        checks += [("query subscribed by decision_node", self.query_pub.get_subscription_count() >= 1),
+        checks = [(f"{topic} subscribed by perception", pub.get_subscription_count() >= 1)
+                   for topic, pub in self.images.items()]
+        checks += [("sampled_image subscribed by reaction_node",
+                    self.node.count_subscribers(f"{self.ns}/sampled_image") >= 1),
+                   ("trigger subscribed by reaction_node",
+                    self.node.count_subscribers(f"{self.ns}/trigger") >= 2),  # + our recorder
+                   ("query subscribed by decision_node", self.query_pub.get_subscription_count() >= 1),
                    ("/clock subscribed by the 3 nodes (use_sim_time)",
                     self.clock_pub.get_subscription_count() >= 3),
                    ("trigger published by decision_node", trigger_sub.get_publisher_count() >= 1),
