@@ -44,7 +44,8 @@ class PerceptionConfig:
 
 
 class PerceptionPipeline:
-    """Frames in, FrameFeatures out; not thread-safe (one perception worker owns it).
+    """Frames in, FrameFeatures out. One worker owns it, except that `take` (the sampler
+    locks itself) may run on a transport thread.
 
     Args:
         encoder: anything with encode_images (models.vision.VisionEncoder).
@@ -72,7 +73,6 @@ class PerceptionPipeline:
     def frame(self, camera_id: str, stamp: float, index: int, image: np.ndarray,
               frame_id: str = "") -> Frame:
         """The Frame of a taken sample once decoded (raises RejectedFrame on a bad image)."""
-        self.sampler.check_image(camera_id, image)
         return self.sampler.frame(camera_id, stamp, index, image, frame_id)
 
     def process(self, frames: Sequence[Frame]) -> List[FrameFeature]:

@@ -14,17 +14,18 @@ ValueError, so a node can log the specific reason and drop the frame):
   - "non_monotonic": a stamp not later than the camera's last offered stamp, but by at
     most `max_backward_jump_sec` (reordering, duplicates).
 A stamp more than `max_backward_jump_sec` BEFORE the last one (bag loop, sim-time reset)
-is a clock jump: that camera's state is reset, `on_reset(camera_id, last, new)` is called,
-`resets` counted, and the frame is sampled as a fresh start. Frame indices keep counting
-across resets so (camera_id, index) stays unique for the whole run.
+is a clock jump: that camera's state is reset (no other camera's), `resets` counted, the
+frame is sampled as a fresh start, and `on_reset(camera_id, last, new)` is called when that
+frame is built. Frame indices keep counting across resets so (camera_id, index) stays
+unique for the whole run.
 """
 from __future__ import annotations
 
 import logging
 import math
 import threading
-from dataclasses import dataclass, field
-from typing import Callable, Dict, Generic, Optional, TypeVar
+from dataclasses import dataclass, field, replace
+from typing import Callable, Dict, Generic, List, Optional, Tuple, TypeVar
 
 import numpy as np
 
@@ -75,11 +76,21 @@ class _CameraState:
     last_stamp: Optional[float] = None
     next_due: float = -math.inf
     next_index: int = 0
+    granted_due: float = -math.inf  # next_due before the latest grant (re-opened by discard)
+    # clock jumps not yet reported: (first index after the jump, last stamp, new stamp)
+    pending_resets: List[Tuple[int, float, float]] = field(default_factory=list)
     stats: CameraStats = field(default_factory=CameraStats)
 
 
 class FrameSampler:
-    """Per-camera sampler; not thread-safe (call from one ingestion thread).
+    """Per-camera sampler; thread-safe.
+
+    Two ways in: `offer(camera, stamp, image)` for frames already decoded (offline), or
+    `take(camera, stamp)` on the header stamp alone (a transport callback) followed, for a
+    sampled frame only, by `frame(camera, stamp, index, image)` once the worker has decoded
+    it (or `discard(camera, index, reason)` when it cannot be). `on_reset` runs on the
+    thread that builds the first frame after a clock jump (`frame` or `offer`), so a
+    consumer's per-camera state resets in order with the frames it processes.
 
     Args:
         config: sampling settings.
@@ -91,6 +102,9 @@ class FrameSampler:
         self.config = config or SamplerConfig()
         self.on_reset = on_reset
         self._cameras: Dict[str, _CameraState] = {}
+        # Held for microseconds (no callbacks, no decoding inside): a transport thread
+        # never waits for an encode.
+        self._lock = threading.Lock()
 
     @property
     def period(self) -> float:
@@ -100,10 +114,11 @@ class FrameSampler:
         """Change the rate live; the next due point moves to last sample + new period."""
         new = SamplerConfig(sample_fps=sample_fps,
                             max_backward_jump_sec=self.config.max_backward_jump_sec)
-        old_period, self.config = self.period, new
-        for state in self._cameras.values():
-            if state.next_due > -math.inf:
-                state.next_due += self.period - old_period
+        with self._lock:
+            old_period, self.config = self.period, new
+            for state in self._cameras.values():
+                if state.next_due > -math.inf:
+                    state.next_due += self.period - old_period
 
     def offer(self, camera_id: str, stamp: float, image: np.ndarray,
               frame_id: str = "") -> Optional[Frame]:
@@ -122,21 +137,15 @@ class FrameSampler:
         return None if index is None else self.frame(camera_id, stamp, index, image, frame_id)
 
     def check_image(self, camera_id: str, image: np.ndarray) -> None:
-        """Raise RejectedFrame("bad_image") unless image is (H, W, 3) uint8 with H, W > 0."""
-        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 \
-                or image.shape[2] != 3 or image.shape[0] == 0 or image.shape[1] == 0:
-            state = self._cameras.setdefault(camera_id, _CameraState())
-            state.stats.offered += 1
-            desc = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
-            self._reject(state, "bad_image", f"camera {camera_id!r}: image {desc} is not "
-                         "(H, W, 3) uint8 with H, W > 0")
-
-    @staticmethod
-    def frame(camera_id: str, stamp: float, index: int, image: np.ndarray,
-              frame_id: str = "") -> Frame:
-        """The Frame of a sample `take` accepted, once its image is decoded."""
-        return Frame(camera_id=camera_id, stamp=float(stamp), index=index, image=image,
-                     frame_id=frame_id)
+        """Raise RejectedFrame("bad_image") unless image is (H, W, 3) uint8 with H, W > 0
+        (counted as an offered frame, for frames checked before `take`)."""
+        problem = _image_problem(image)
+        if problem:
+            with self._lock:
+                state = self._state(camera_id)
+                state.stats.offered += 1
+                self._count_reject(state, "bad_image")
+            raise RejectedFrame("bad_image", f"camera {camera_id!r}: {problem}")
 
     def take(self, camera_id: str, stamp: float) -> Optional[int]:
         """Decide on the stamp alone whether a source frame is sampled, before decoding it.
@@ -146,60 +155,111 @@ class FrameSampler:
         Raises:
             RejectedFrame: bad_stamp or non_monotonic (see the module docstring).
         """
-        state = self._cameras.setdefault(camera_id, _CameraState())
-        state.stats.offered += 1
         try:
-            stamp = float(stamp)
+            value = float(stamp)
         except (TypeError, ValueError):
-            self._reject(state, "bad_stamp", f"camera {camera_id!r}: stamp {stamp!r} is not a number")
-        if not math.isfinite(stamp):
-            self._reject(state, "bad_stamp", f"camera {camera_id!r}: stamp {stamp!r} is not finite")
-        last = state.last_stamp
-        if last is not None and stamp <= last:
-            if last - stamp > self.config.max_backward_jump_sec:
-                self._reset(camera_id, state, last, stamp)
-            else:
-                self._reject(state, "non_monotonic", f"camera {camera_id!r}: stamp {stamp:.6f} is "
-                             f"not after the last one {last:.6f}")
-        state.last_stamp = stamp
-        if stamp + _EPS < state.next_due:
-            state.stats.dropped += 1
-            return None
-        # Stay on the grid unless the source paused for more than a period.
-        state.next_due = state.next_due + self.period
-        if state.next_due + _EPS <= stamp:
-            state.next_due = stamp + self.period
-        index = state.next_index
-        state.next_index += 1
-        state.stats.sampled += 1
-        return index
+            value = None
+        with self._lock:
+            state = self._state(camera_id)
+            state.stats.offered += 1
+            if value is None or not math.isfinite(value):
+                self._count_reject(state, "bad_stamp")
+                what = "is not a number" if value is None else "is not finite"
+                raise RejectedFrame("bad_stamp", f"camera {camera_id!r}: stamp {stamp!r} {what}")
+            last = state.last_stamp
+            if last is not None and value <= last:
+                if last - value <= self.config.max_backward_jump_sec:
+                    self._count_reject(state, "non_monotonic")
+                    raise RejectedFrame("non_monotonic", f"camera {camera_id!r}: stamp "
+                                        f"{value:.6f} is not after the last one {last:.6f}")
+                LOG.warning("camera %r: time jumped back %.3f s (%.3f -> %.3f); sampling "
+                            "restarts", camera_id, last - value, last, value)
+                state.next_due = -math.inf
+                state.stats.resets += 1
+                state.pending_resets.append((state.next_index, last, value))
+            state.last_stamp = value
+            if value + _EPS < state.next_due:
+                state.stats.dropped += 1
+                return None
+            # Stay on the grid unless the source paused for more than a period.
+            state.granted_due = state.next_due
+            state.next_due = state.next_due + self.period
+            if state.next_due + _EPS <= value:
+                state.next_due = value + self.period
+            index = state.next_index
+            state.next_index += 1
+            state.stats.sampled += 1
+            return index
+
+    def frame(self, camera_id: str, stamp: float, index: int, image: np.ndarray,
+              frame_id: str = "") -> Frame:
+        """The Frame of a sample `take` granted, once its image is decoded.
+
+        Reports the camera's pending clock jumps (on_reset) first. Raises RejectedFrame
+        ("bad_image", counted like `discard`) unless image is (H, W, 3) uint8 with H, W > 0.
+        """
+        problem = _image_problem(image)
+        if problem:
+            self.discard(camera_id, index, "bad_image")
+            raise RejectedFrame("bad_image", f"camera {camera_id!r}: {problem}")
+        with self._lock:
+            state = self._state(camera_id)
+            due = [r for r in state.pending_resets if r[0] <= index]
+            state.pending_resets = [r for r in state.pending_resets if r[0] > index]
+        if self.on_reset is not None:
+            for _, last, new in due:
+                self.on_reset(camera_id, last, new)
+        return Frame(camera_id=camera_id, stamp=float(stamp), index=index, image=image,
+                     frame_id=frame_id)
+
+    def discard(self, camera_id: str, index: int, reason: str) -> None:
+        """A granted sample could not be decoded: count it under rejected[reason] instead of
+        sampled and, if no later frame was granted, re-open its grid point so the camera's
+        next frame is sampled in its place (one bad message does not cost a sample)."""
+        with self._lock:
+            state = self._state(camera_id)
+            state.stats.sampled -= 1
+            self._count_reject(state, reason)
+            if index == state.next_index - 1:
+                state.next_due = state.granted_due
 
     def stats(self, camera_id: str) -> CameraStats:
-        """Counters of one camera (a zeroed record for an unknown camera)."""
-        state = self._cameras.get(camera_id)
-        return state.stats if state else CameraStats()
+        """A copy of one camera's counters (a zeroed record for an unknown camera)."""
+        with self._lock:
+            state = self._cameras.get(camera_id)
+            if state is None:
+                return CameraStats()
+            return replace(state.stats, rejected=dict(state.stats.rejected))
 
-    def cameras(self):
-        return list(self._cameras)
+    def cameras(self) -> List[str]:
+        with self._lock:
+            return list(self._cameras)
 
     def reset(self, camera_id: Optional[str] = None) -> None:
         """Forget sampling state (not counters or indices) of one camera or all."""
-        for cam, state in self._cameras.items():
-            if camera_id is None or cam == camera_id:
-                state.last_stamp, state.next_due = None, -math.inf
+        with self._lock:
+            for cam, state in self._cameras.items():
+                if camera_id is None or cam == camera_id:
+                    state.last_stamp, state.next_due = None, -math.inf
 
-    def _reset(self, camera_id: str, state: _CameraState, last: float, stamp: float) -> None:
-        LOG.warning("camera %r: time jumped back %.3f s (%.3f -> %.3f); sampling restarts",
-                    camera_id, last - stamp, last, stamp)
-        state.last_stamp, state.next_due = None, -math.inf
-        state.stats.resets += 1
-        if self.on_reset is not None:
-            self.on_reset(camera_id, last, stamp)
+    def _state(self, camera_id: str) -> _CameraState:
+        state = self._cameras.get(camera_id)
+        if state is None:
+            state = self._cameras[camera_id] = _CameraState()
+        return state
 
     @staticmethod
-    def _reject(state: _CameraState, reason: str, message: str) -> None:
+    def _count_reject(state: _CameraState, reason: str) -> None:
         state.stats.rejected[reason] = state.stats.rejected.get(reason, 0) + 1
-        raise RejectedFrame(reason, message)
+
+
+def _image_problem(image) -> str:
+    """Why image is not (H, W, 3) uint8 with H, W > 0, or "" when it is."""
+    if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 \
+            and image.shape[2] == 3 and image.shape[0] > 0 and image.shape[1] > 0:
+        return ""
+    desc = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+    return f"image {desc} is not (H, W, 3) uint8 with H, W > 0"
 
 
 T = TypeVar("T")

@@ -2,7 +2,6 @@
 FrameFeature messages on `features`, and the exact sampled frames on `sampled_image`."""
 from __future__ import annotations
 
-import threading
 from typing import Any, Dict, List, Optional
 
 import numpy as np
@@ -30,9 +29,6 @@ class PerceptionNode(DispiderNode):
         self.pipeline: Optional[PerceptionPipeline] = None
         self.cameras: Optional[CameraInput] = None
         self.feature_pub = self.frame_pub = None
-        # The sampler is asked from the camera callback thread and retuned from parameter
-        # callbacks: a lock of its own, so sampling never waits for an encode.
-        self.sample_lock = threading.Lock()
 
     def configure_core(self, settings: Dict[str, Any]) -> None:
         self.encoder = compose.load_vision_encoder(settings, self.NODE)
@@ -45,8 +41,9 @@ class PerceptionNode(DispiderNode):
 
     def activate_io(self) -> None:
         self.cameras = CameraInput(self, self.settings["image_topics"],
-                                   self.settings["compressed_topics"], self._take,
-                                   self._on_frames, self.settings["max_image_pixels"])
+                                   self.settings["compressed_topics"], self.pipeline.sampler,
+                                   self._on_frames, self.settings["max_image_pixels"],
+                                   self.settings["camera_reliability"])
         self.cameras.start()
 
     def deactivate_io(self) -> None:
@@ -72,19 +69,10 @@ class PerceptionNode(DispiderNode):
         compose.segmenter_config(merged)
 
     def apply_live(self, updates: Dict[str, Any]) -> None:
-        if "sample_fps" in updates:
-            with self.sample_lock:
-                self.pipeline.set_sample_fps(updates["sample_fps"])
+        if "sample_fps" in updates:  # the sampler locks itself (camera callbacks use it)
+            self.pipeline.set_sample_fps(updates["sample_fps"])
         if updates.keys() & set(SEGMENTER):
             self.pipeline.set_segmenter(compose.segmenter_config(self.settings))
-
-    def _take(self, camera_id: str, stamp: float) -> Optional[int]:
-        """Camera callback thread: is this frame sampled? (decided before decoding)"""
-        pipeline = self.pipeline
-        if pipeline is None:
-            return None
-        with self.sample_lock:
-            return pipeline.take(camera_id, stamp)
 
     def _on_frames(self, batch: List[CameraFrame]) -> None:
         """Worker thread: encode the sampled frames in one batch; publish frames, features."""

@@ -183,3 +183,136 @@ def test_latest_slot_hands_items_across_threads_and_close_wakes_reader():
     assert done.wait(5.0)
     assert received[-1] == 199 and received == sorted(received)
     assert len(received) + slot.overwritten == 200
+
+
+# ---- stamp-first sampling: take() before decoding, frame()/discard() after -------------
+class Message:
+    """An undecoded camera message: decode() is what a node's conversion costs."""
+
+    decoded = 0
+
+    def __init__(self, stamp):
+        self.stamp = stamp
+
+    def decode(self):
+        Message.decoded += 1
+        return IMAGE
+
+
+def test_take_samples_on_stamps_alone_exactly_like_offer():
+    stamps = [i / 30.0 for i in range(300)] + [0.0] + [i / 7.0 for i in range(1, 40)]
+    by_offer = FrameSampler(SamplerConfig(sample_fps=2.0))
+    by_take = FrameSampler(SamplerConfig(sample_fps=2.0))
+    offered = [(f.index, f.stamp) for f in run(by_offer, stamps)]
+    taken = [(i, s) for s, i in ((s, by_take.take("cam", s)) for s in stamps) if i is not None]
+    assert taken == offered
+    assert by_take.stats("cam") == by_offer.stats("cam")
+
+
+def test_only_sampled_messages_are_ever_decoded():
+    """The node's intake loop: take() on the stamp, park due messages, decode on a worker."""
+    sampler, slot = FrameSampler(SamplerConfig(sample_fps=2.0)), LatestSlot()
+    Message.decoded = 0
+    built = []
+
+    def worker():
+        while True:
+            item = slot.get(timeout=5.0)
+            if item is None:
+                return
+            message, index = item
+            built.append(sampler.frame("cam", message.stamp, index, message.decode()))
+
+    thread = threading.Thread(target=worker, daemon=True)
+    thread.start()
+    for i in range(600):  # 20 s at 30 fps
+        message = Message(i / 30.0)
+        index = sampler.take("cam", message.stamp)
+        if index is not None:
+            slot.put((message, index))
+    deadline = time.monotonic() + 5.0
+    while len(built) + slot.overwritten < 40 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    slot.close()
+    thread.join(5.0)
+    stats = sampler.stats("cam")
+    assert (stats.offered, stats.sampled) == (600, 40)
+    assert Message.decoded == len(built) == 40 - slot.overwritten
+    assert all(abs(f.stamp * 2 - round(f.stamp * 2)) < 1e-6 for f in built)  # grid points only
+
+
+def test_frame_checks_the_decoded_image_and_discard_reopens_the_grid_point():
+    sampler = FrameSampler(SamplerConfig(sample_fps=2.0))
+    index = sampler.take("cam", 0.0)
+    with pytest.raises(RejectedFrame, match="uint8") as info:
+        sampler.frame("cam", 0.0, index, np.zeros((4, 6), np.uint8))
+    assert info.value.reason == "bad_image"
+    stats = sampler.stats("cam")
+    assert (stats.offered, stats.sampled, stats.rejected) == (1, 0, {"bad_image": 1})
+    # The next frame takes the undecodable one's place instead of waiting a period.
+    assert sampler.take("cam", 0.1) == index + 1
+    assert sampler.take("cam", 0.2) is None
+    sampler.discard("cam", sampler.take("cam", 0.6), "image_bad_encoding")
+    assert sampler.take("cam", 0.65) is not None  # re-opened again
+    stats = sampler.stats("cam")
+    assert stats.offered == stats.sampled + stats.dropped + sum(stats.rejected.values())
+
+
+def test_discard_after_a_later_grant_leaves_the_grid_alone():
+    sampler = FrameSampler(SamplerConfig(sample_fps=2.0))
+    first = sampler.take("cam", 0.0)
+    assert sampler.take("cam", 0.5) == first + 1
+    sampler.discard("cam", first, "image_conversion")  # the worker was behind
+    assert sampler.take("cam", 0.6) is None and sampler.take("cam", 1.0) == first + 2
+
+
+def test_clock_jump_is_reported_when_its_first_frame_is_built_and_only_for_that_camera():
+    calls = []
+    sampler = FrameSampler(SamplerConfig(sample_fps=2.0, max_backward_jump_sec=1.0),
+                           on_reset=lambda *args: calls.append(args))
+    before = [sampler.take("a", s) for s in (20.0, 20.5)]
+    other = sampler.take("b", 20.0)
+    after = sampler.take("a", 3.0)  # bag loop on camera a
+    assert after == before[-1] + 1 and calls == []  # nothing built yet
+    sampler.frame("a", 20.5, before[-1], IMAGE)  # an older frame still in the worker's hands
+    assert calls == []
+    sampler.frame("a", 3.0, after, IMAGE)
+    assert calls == [("a", 20.5, 3.0)]
+    sampler.frame("b", 20.0, other, IMAGE)
+    assert calls == [("a", 20.5, 3.0)] and sampler.stats("b").resets == 0
+    assert sampler.take("b", 20.5) is not None  # camera b's grid untouched
+
+
+def test_jump_frame_overwritten_before_it_was_built_still_reports_the_reset():
+    calls = []
+    sampler = FrameSampler(SamplerConfig(sample_fps=2.0), on_reset=lambda *args: calls.append(args))
+    sampler.take("cam", 50.0)
+    sampler.take("cam", 1.0)  # jump: due, then overwritten in the mailbox by the next due one
+    later = sampler.take("cam", 1.5)
+    sampler.frame("cam", 1.5, later, IMAGE)
+    assert calls == [("cam", 50.0, 1.0)]
+
+
+def test_take_is_safe_from_several_threads_while_the_rate_changes():
+    sampler = FrameSampler(SamplerConfig(sample_fps=5.0))
+    indices = {"a": [], "b": []}
+
+    def camera(name):
+        for i in range(3000):
+            index = sampler.take(name, i / 100.0)
+            if index is not None:
+                indices[name].append(index)
+
+    threads = [threading.Thread(target=camera, args=(n,)) for n in indices]
+    for thread in threads:
+        thread.start()
+    for k in range(200):
+        sampler.set_sample_fps(5.0 if k % 2 else 10.0)
+        sampler.stats("a")
+    for thread in threads:
+        thread.join()
+    for name, got in indices.items():
+        stats = sampler.stats(name)
+        assert got == list(range(len(got))) and stats.sampled == len(got)
+        assert stats.offered == 3000 == stats.sampled + stats.dropped
+        assert 150 <= len(got) <= 300
