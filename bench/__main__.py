@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="results JSON (default bench/results/)")
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SEC",
                         help="first wait up to SEC seconds for a 1-minute load average < 0.5")
-    parser.add_argument("--only", default="", help="comma list of sections: p1,p3,p4,p5,p6 (p1 runs P2 too)")
+    parser.add_argument("--only", default="", help="comma list of sections: p1,p3,p4,p5,p6,intake (p1 runs P2 too)")
     args = parser.parse_args(argv)
     _env()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -107,6 +107,10 @@ def main(argv=None) -> int:
         section("p4_bounded", lambda: bounded.run(args.quick))
     if want("p6"):
         section("p6_replay", lambda: replay_speed.run(args.quick, bench_models=paths))
+    if want("intake"):
+        from bench import intake
+
+        section("intake", lambda: intake.run(args.quick))
 
     report.summarize(results)
     if "p4_bounded" in results["sections"]:

@@ -19,6 +19,8 @@ TARGETS = {
     "p5_convert_ms_bgr8": ("P5 bgr8 640x480 message -> model tensor", "<= 2 ms", lambda v: v <= 2.0, "ms"),
     "p5_overhead": ("P5 pipeline time over encoder forward", "<= 10 %", lambda v: v <= 0.10, "%"),
     "p6_speed_factor": ("P6 offline replay speed (tiny models)", ">= 5x", lambda v: v >= 5.0, "x"),
+    "intake_sampled_ratio_min": ("Intake features / sample_fps, worst of 4 streams (DDS profile)",
+                                 ">= 0.95", lambda v: v >= 0.95, "x"),
 }
 
 
@@ -193,6 +195,20 @@ def summarize(results: dict) -> dict:
         extra = s["p6_replay"].get("bench_scale")
         baselines["p6_speed_factor"] = "real time = 1.0" + (
             f"; bench-scale models {extra['speed_factor']:.1f}x" if extra else "")
+    if "intake" in s:
+        intake = s["intake"]
+        fields = ("stream", "publisher", "published_per_sec", "received_per_sec",
+                  "features_per_sec", "sampled_ratio")
+        results["intake_sampled_ratio_min"] = intake["ours"]["sampled_ratio_min"]
+        results["intake_cases"] = [{k: c[k] for k in fields} for c in intake["ours"]["cases"]]
+        if "defaults" in intake:
+            results["intake_sampled_ratio_min_defaults"] = intake["defaults"]["sampled_ratio_min"]
+            results["intake_cases_defaults"] = [{k: c[k] for k in fields}
+                                                for c in intake["defaults"]["cases"]]
+            baselines["intake_sampled_ratio_min"] = (
+                f"plain DDS defaults {intake['defaults']['sampled_ratio_min']:.2f}; received/s "
+                + ", ".join(f"{c['received_per_sec']}/{c['published_per_sec']:g}"
+                            for c in intake["ours"]["cases"]))
     results["baselines"] = baselines
     results["verdicts"] = verdicts(results)
     return results
