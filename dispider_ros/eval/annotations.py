@@ -264,7 +264,12 @@ def load(path: Union[str, Path]) -> AnnotationSet:
     """Read an annotation file (JSON or YAML, ours or StreamingBench proactive)."""
     path = Path(path)
     text = path.read_text()
-    data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+    try:
+        data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        kind = "YAML" if path.suffix in (".yaml", ".yml") else "JSON"
+        raise ValueError(f"{path}: not a {kind} annotation file ({err}); the schema is in "
+                         "dispider_ros/eval/annotations.py") from None
     try:
         return from_dict(data)
     except ValueError as err:
