@@ -5,7 +5,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
-SOURCES := package.xml CMakeLists.txt setup.py $(wildcard cmake/*) $(wildcard msg/*.msg) \
+SOURCES := package.xml CMakeLists.txt setup.py $(wildcard cmake/*) $(wildcard msg/*.msg) $(wildcard action/*.action) \
 	$(shell find dispider_ros launch config -type f \( -name '*.py' -o -name '*.yaml' -o -name '*.xml' \) 2>/dev/null)
 # rclpy from the wheels needs to find the venv's ROS prefix at run time.
 export AMENT_PREFIX_PATH := $(abspath $(VENV))$(if $(AMENT_PREFIX_PATH),:$(AMENT_PREFIX_PATH))
