@@ -93,6 +93,7 @@ class ActiveQuery:
     text_embedding: Optional[np.ndarray] = None  # (D,) float32, L2-normalised
     state: Dict[str, dict] = field(default_factory=dict)  # camera_id -> policy state
     loops: int = 0  # camera-time loops already applied to spec.stamp (DecisionCore)
+    ended: str = ""  # why it left the registry: completed | expired | cancelled | replaced
 
     @property
     def query_id(self) -> str:
@@ -187,6 +188,7 @@ class QueryRegistry:
         limit = spec.max_responses or DEFAULT_MAX_RESPONSES.get(mode, 0)
         entry = ActiveQuery(resolved, limit, event_text(text))
         if replacing:
+            self._queries[query_id].ended = "replaced"
             self.counters["replaced"] += 1
             LOG.info("query %r replaced", query_id)
         self._queries[query_id] = entry
@@ -197,9 +199,11 @@ class QueryRegistry:
 
     def cancel(self, query_id: str) -> bool:
         """Remove a query; False when no such query is active."""
-        if self._queries.pop(query_id, None) is None:
+        query = self._queries.pop(query_id, None)
+        if query is None:
             LOG.info("cancel of unknown query %r ignored", query_id)
             return False
+        query.ended = "cancelled"
         self.counters["cancelled"] += 1
         LOG.info("query %r cancelled", query_id)
         return True
@@ -217,6 +221,7 @@ class QueryRegistry:
                 if q.spec.expiry_sec > 0 and stamp - q.spec.stamp >= q.spec.expiry_sec]
         for query in gone:
             del self._queries[query.query_id]
+            query.ended = "expired"
             self.counters["expired"] += 1
             LOG.info("query %r expired at %.3f", query.query_id, stamp)
         return gone
@@ -229,6 +234,7 @@ class QueryRegistry:
         query.responses += 1
         if query.exhausted:
             del self._queries[query_id]
+            query.ended = "completed"
             self.counters["completed"] += 1
             LOG.info("query %r completed after %d response(s)", query_id, query.responses)
             return True

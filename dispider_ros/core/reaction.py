@@ -26,6 +26,10 @@ Scheduling policy:
 - Every trigger gets exactly one final ResponseEvent: dropped and superseded triggers get
   one with an error code (TRIGGER_DROPPED, TRIGGER_SUPERSEDED), so a run record stays
   complete; close() ends the running and waiting ones with SHUTDOWN.
+- `cancel(query_id)` (a query canceled by its asker) stops that query's running answer
+  within one decode step (the same stop event as pre-emption) and ends its waiting
+  triggers; each gets its one final with CANCELED (the running one with its partial text,
+  not added to memory).
 - An exception in generation gives a final ResponseEvent with GENERATION_FAILED (or
   OUT_OF_MEMORY) and the text produced until then; the worker carries on with the next
   trigger.
@@ -116,6 +120,7 @@ class _Job:
     revises: str = ""
     stop: threading.Event = field(default_factory=threading.Event)
     preempted_by: str = ""
+    canceled: bool = False  # its query was canceled: stop, final CANCELED
 
 
 def response_id(trigger_id: str) -> str:
@@ -148,7 +153,7 @@ class ReactionEngine:
         self._stats_lock = threading.Lock()
         self.counts = {"frames_ingested": 0, "submitted": 0, "answered": 0, "errors": 0,
                        "preempted": 0, "superseded": 0, "dropped": 0, "memory_clears": 0,
-                       "evidence_waits": 0, "evidence_missing": 0}
+                       "evidence_waits": 0, "evidence_missing": 0, "canceled": 0}
         self._last = {"ttft_sec": math.nan, "tokens_per_sec": math.nan, "encode_ms": math.nan,
                       "prompt_tokens": 0, "reused_tokens": 0}
         self._worker = threading.Thread(target=self._run, name="reaction-worker", daemon=True)
@@ -243,6 +248,35 @@ class ReactionEngine:
                     self.counts["dropped"])
         return dropped, ErrorCode.TRIGGER_DROPPED, "dropped: reaction queue full"
 
+    def cancel(self, query_id: str) -> int:
+        """End every trigger of a canceled query: the running answer stops within one decode
+        step, waiting ones never start; each gets one final with ErrorCode.CANCELED.
+
+        Args:
+            query_id: the canceled query.
+        Returns:
+            How many triggers it ended (0 when none of that query was queued or running).
+        """
+        with self._cond:
+            waiting = [job for job in self._queue if job.trigger.query_id == query_id]
+            for job in waiting:
+                self._queue.remove(job)
+            current = self._current
+            running = current is not None and current.trigger.query_id == query_id \
+                and not current.stop.is_set()
+            if running:
+                current.canceled = True
+                current.stop.set()
+            self.counts["canceled"] += len(waiting) + running
+            self._cond.notify_all()
+        for job in waiting:
+            self._emit_final(job, "", f"query {query_id} canceled", code=ErrorCode.CANCELED,
+                             extras={"stop_reason": "not_started"})
+        if waiting or running:
+            LOG.info("query %s canceled: %d waiting trigger(s) ended%s", query_id, len(waiting),
+                     ", its running answer stopped" if running else "")
+        return len(waiting) + running
+
     # ---- lifecycle and diagnostics -------------------------------------------------------
     def wait_idle(self, timeout: float) -> bool:
         """Block until no trigger is queued or running, or timeout (seconds); True if idle."""
@@ -304,12 +338,16 @@ class ReactionEngine:
         trigger = job.trigger
         started = time.perf_counter()
         evidence = self._await_evidence(trigger, job.stop)
-        if job.stop.is_set():  # revised or closed before it started
-            code, error = (ErrorCode.TRIGGER_SUPERSEDED, f"superseded by trigger {job.preempted_by}") \
-                if job.preempted_by else (ErrorCode.SHUTDOWN, "reaction engine closed")
+        if job.stop.is_set():  # revised, canceled or closed before it started
+            if job.preempted_by:
+                code, error, reason = (ErrorCode.TRIGGER_SUPERSEDED,
+                                       f"superseded by trigger {job.preempted_by}", "preempted")
+            elif job.canceled:
+                code, error, reason = ErrorCode.CANCELED, f"query {trigger.query_id} canceled", "canceled"
+            else:
+                code, error, reason = ErrorCode.SHUTDOWN, "reaction engine closed", "closed"
             self._emit_final(job, "", error, code=code,
-                             extras={"stop_reason": "preempted" if job.preempted_by else "closed",
-                                     "preempted_by": job.preempted_by})
+                             extras={"stop_reason": reason, "preempted_by": job.preempted_by})
             return
         cameras = [trigger.camera_id] if self.config.prompt_cameras == "trigger" else None
         items = self.memory.snapshot(cameras)
@@ -348,7 +386,8 @@ class ReactionEngine:
                         "lower max_tokens or max_new_tokens if it recurs", trigger.trigger_id)
         if failed:
             return
-        stop_reason = "preempted" if job.preempted_by else result.stop_reason
+        stop_reason = "preempted" if job.preempted_by else \
+            "canceled" if job.canceled and result.stop_reason == "stopped" else result.stop_reason
         ttft = (first_chunk[0] - job.submitted) if first_chunk else \
             (started - job.submitted + result.ttft_sec)
         extras = {"stop_reason": stop_reason, "queue_wait_sec": started - job.submitted,
@@ -363,11 +402,14 @@ class ReactionEngine:
             self.counts["answered"] += 1
             self._last.update(ttft_sec=ttft, tokens_per_sec=result.tokens_per_sec,
                               prompt_tokens=result.prompt_tokens, reused_tokens=result.reused_tokens)
-        if self.config.remember_dialogue and not job.preempted_by and not self._closing:
+        if self.config.remember_dialogue and not job.preempted_by and not job.canceled \
+                and not self._closing:
             self._remember(trigger, result.text)
         code, error = ErrorCode.OK, ""
         if job.preempted_by:  # a partial answer: the next final revises it
             code, error = ErrorCode.PREEMPTED, f"preempted by trigger {job.preempted_by}"
+        elif job.canceled and result.stop_reason == "stopped":
+            code, error = ErrorCode.CANCELED, f"query {trigger.query_id} canceled while answering"
         elif result.stop_reason == "stopped":  # only close() stops an answer besides preemption
             code, error = ErrorCode.SHUTDOWN, "reaction engine closed while answering"
         self._emit_final(job, result.text, error, sequence=sequence, ttft=ttft,

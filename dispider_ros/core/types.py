@@ -92,6 +92,8 @@ class ErrorCode(enum.IntEnum):
     SHUTDOWN = 6  # the reaction engine closed before this answer ended
     NOT_STARTED = 7  # never started for another reason, e.g. the node could not queue it
     PREEMPTED = 8  # stopped while answering: a newer trigger of the same query revises it
+    CANCELED = 9  # the query was canceled before or while this answer ran
+    ANSWER_TIMEOUT = 10  # ask action only: no progress for answer_timeout_sec (reaction node down or stalled)
 
 
 @dataclass

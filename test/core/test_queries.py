@@ -123,6 +123,21 @@ def test_expiry_by_camera_time_and_response_limits_and_cancel():
     assert registry.counters["cancelled"] == 1
 
 
+def test_a_query_says_why_it_left_the_registry():
+    registry = QueryRegistry(RegistryConfig(max_queries_per_sec=0))
+    expiring = registry.add(spec(query_id="e", mode="match", expiry_sec=1.0, stamp=10.0), now=0.0)
+    answered = registry.add(spec(query_id="n", mode="now"), now=10.0)
+    canceled = registry.add(spec(query_id="c", mode="boundary"), now=10.0)
+    replaced = registry.add(spec(query_id="r", mode="boundary"), now=10.0)
+    assert {q.ended for q in (expiring, answered, canceled, replaced)} == {""}
+    registry.expire(11.0)
+    registry.record_response("n")
+    registry.cancel("c")
+    replacement = registry.add(spec("edited", query_id="r", mode="boundary"), now=10.0)
+    assert (expiring.ended, answered.ended, canceled.ended, replaced.ended, replacement.ended) == \
+        ("expired", "completed", "cancelled", "replaced", "")
+
+
 def test_active_filters_by_camera():
     registry = QueryRegistry(RegistryConfig(max_queries_per_sec=0))
     registry.add(spec(query_id="all", mode="match"), now=0.0)

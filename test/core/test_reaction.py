@@ -331,3 +331,28 @@ def test_close_stops_the_running_answer_and_answers_waiting_triggers(engine_fact
     assert stopped.extras["stop_reason"] == "stopped" and stopped.token_count < 24
     assert stopped.error_code == ErrorCode.SHUTDOWN and stopped.error
     assert len(sink.finals()) == 2
+
+
+def test_cancel_stops_the_running_answer_within_one_decode_step_and_ends_waiting_ones(engine_factory, vlm):
+    engine, sink = engine_factory()
+    engine.ingest(frame(0))
+    step = 3  # the worker is held inside the forward pass of decode step 3 (token 4)
+    with decoder_gate(vlm, on_decode_step=step) as (reached, release):
+        running = engine.submit(trigger(1, query="A"))
+        assert reached.wait(WAIT)
+        other = engine.submit(trigger(2, query="B"))
+        waiting = engine.submit(trigger(3, query="C"))
+        assert engine.cancel("C") == 1  # only waiting: never starts
+        assert sink.wait_final(waiting).error_code == ErrorCode.CANCELED
+        assert engine.cancel("A") == 1 and engine.cancel("A") == 0  # a second cancel finds nothing
+        release.set()
+        stopped, answered = sink.wait_final(running), sink.wait_final(other)
+    # The forward in flight finishes its token; the stop criterion ends generation right after it.
+    assert stopped.token_count == step + 1, stopped.token_count
+    assert stopped.error_code == ErrorCode.CANCELED and stopped.extras["stop_reason"] == "canceled"
+    assert stopped.text == "".join(c.text for c in sink.chunks(running))  # what was produced
+    assert answered.error_code == ErrorCode.OK and answered.token_count == 24  # other queries unharmed
+    assert [e.response_id for e in sink.finals()] == [waiting, running, other]
+    assert engine.wait_idle(WAIT) and engine.stats()["canceled"] == 2
+    answers = [it.text for it in engine.memory.snapshot() if isinstance(it, DialogueTurn) and it.role == "assistant"]
+    assert answers == [answered.text]  # the canceled partial answer is not remembered
