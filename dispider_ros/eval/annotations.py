@@ -41,6 +41,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 import yaml
 
 from dispider_ros.core.types import MODES
+from dispider_ros.eval import datafile
 
 SCHEMA_VERSION = 1
 _CLOCK = re.compile(r"^(?:(\d+):)?(\d+):(\d+(?:\.\d*)?)$")
@@ -261,15 +262,17 @@ def from_dict(data: Any) -> AnnotationSet:
 
 
 def load(path: Union[str, Path]) -> AnnotationSet:
-    """Read an annotation file (JSON or YAML, ours or StreamingBench proactive)."""
+    """Read an annotation file (JSON or YAML, ours or StreamingBench proactive).
+
+    Raises:
+        ValueError: one line naming the file: a syntax error with its line and column
+            (datafile.load), or what the schema check refused.
+    """
     path = Path(path)
-    text = path.read_text()
     try:
-        data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as err:
-        kind = "YAML" if path.suffix in (".yaml", ".yml") else "JSON"
-        raise ValueError(f"{path}: not a {kind} annotation file ({err}); the schema is in "
-                         "dispider_ros/eval/annotations.py") from None
+        data = datafile.load(path)
+    except ValueError as err:
+        raise ValueError(f"{err} (annotation schema: dispider_ros/eval/annotations.py)") from None
     try:
         return from_dict(data)
     except ValueError as err:

@@ -26,10 +26,11 @@ reported under ``checks``.
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
+
+from dispider_ros.eval import datafile
 
 MODE_TASKS = {
     "backward": ("EPM", "ASI", "HLD"),
@@ -47,7 +48,7 @@ def load_results(folder: Union[str, Path]) -> Dict[str, List[Dict[str, Any]]]:
         raise ValueError(f"{folder}: no *.json result files")
     pooled: Dict[str, List[Dict[str, Any]]] = {mode: [] for mode in MODES}
     for path in files:
-        data = json.loads(path.read_text())
+        data = datafile.load(path, yaml_ok=False)  # one-line syntax errors
         if not isinstance(data, dict) or not set(MODES) <= set(data):
             raise ValueError(f"{path}: a result file needs the keys {list(MODES)}")
         for mode in MODES:
@@ -157,7 +158,7 @@ def check_against(results: Dict[str, Sequence[Dict[str, Any]]],
 
 def load_annotations(path: Union[str, Path]) -> List[Dict[str, Any]]:
     """ovo_bench_new.json: a list of entries with id and task."""
-    data = json.loads(Path(path).read_text())
+    data = datafile.load(path, yaml_ok=False)  # one-line syntax errors
     if not isinstance(data, list) or not all(isinstance(e, dict) and "id" in e and "task" in e for e in data):
         raise ValueError(f"{path}: not an OVO-Bench annotation list (entries with id and task)")
     return data

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 from dispider_ros.eval import annotations as ann
-from dispider_ros.eval import metrics, ovo, streamingbench
+from dispider_ros.eval import datafile, metrics, ovo, streamingbench
 
 RECORD_TYPES = ("query", "trigger", "response")
 
@@ -89,11 +89,14 @@ class PredictionRecord:
 def load_predictions(path: Union[str, Path]) -> List[PredictionRecord]:
     """Read a JSON-lines predictions file; ValueError naming the bad line."""
     records = []
-    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+    for number, line in enumerate(datafile.read_text(path).splitlines(), 1):
         if not line.strip():
             continue
         try:
             data = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(datafile.json_error(path, err, number - 1)) from None
+        try:
             if not isinstance(data, dict):
                 raise ValueError("not a JSON object")
             if data.get("type") not in RECORD_TYPES:
@@ -180,7 +183,7 @@ def score_dispider(annotations: ann.AnnotationSet, records: Sequence[PredictionR
 def _is_jsonl(path: Path) -> bool:
     if path.suffix == ".jsonl":
         return True
-    first = path.read_text().lstrip()[:1]
+    first = datafile.read_text(path).lstrip()[:1]
     return first == "{"
 
 

@@ -23,10 +23,10 @@ entry for the model; here every question of the annotation file counts (EVALUATI
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
+from dispider_ros.eval import datafile
 from dispider_ros.eval.annotations import parse_time, streamingbench_query_id
 
 TIME_TOLERANCE_SEC = 2.0
@@ -36,7 +36,7 @@ QUESTION_KEYS = {"task_type", "question", "time_stamp", "ground_truth_time_stamp
 
 def load_questions(path: Union[str, Path]) -> List[Dict[str, Any]]:
     """The benchmark's questions (or output) file: a list of clip entries."""
-    data = json.loads(Path(path).read_text())
+    data = datafile.load(path, yaml_ok=False)  # one-line syntax errors
     if not isinstance(data, list) or not all(isinstance(e, dict) and "questions" in e for e in data):
         raise ValueError(f"{path}: not a StreamingBench proactive file (a list of entries with 'questions')")
     return data

@@ -110,6 +110,18 @@ def test_load_names_the_file(tmp_path):
         ann.load(path)
 
 
+@pytest.mark.parametrize("name, text, where", [
+    ("bad.yaml", "recordings:\n  - recording_id: r\n    queries: [{time: 1, text: x}\n  - y\n",
+     "bad.yaml:4:3: not valid YAML"),
+    ("bad.json", '{"recordings": [\n  {"recording_id": "r",}]}', "bad.json:2:24: not valid JSON"),
+])
+def test_syntax_error_names_file_line_and_column(tmp_path, name, text, where):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(ValueError) as info:
+        ann.load(tmp_path / name)
+    assert where in str(info.value) and "\n" not in str(info.value)
+
+
 @pytest.fixture(scope="module")
 def proactive():
     if not PROACTIVE.exists():

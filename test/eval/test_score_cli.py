@@ -157,6 +157,26 @@ def test_bad_inputs_exit_2_with_a_message(capsys, tmp_path):
         score_main(["--format", "dispider", "--annotations", "a", "--results", "b", "--tolerances", "-1"])
 
 
+@pytest.mark.parametrize("fmt", ["dispider", "streamingbench", "ovo"])
+def test_syntax_errors_are_one_line_naming_file_line_and_column(capsys, tmp_path, fmt):
+    (tmp_path / "ann.yaml").write_text(
+        "recordings:\n  - recording_id: r\n    queries: [{time: 1, text: x}\n  - y\n")
+    (tmp_path / "ann.json").write_text('[\n  {"questions": [],,}\n]')
+    annotations = tmp_path / ("ann.yaml" if fmt == "dispider" else "ann.json")
+    where = "ann.yaml:4:3: not valid YAML" if fmt == "dispider" else "ann.json:2:20: not valid JSON"
+    code, _, err = _run(capsys, "--format", fmt, "--annotations", str(annotations),
+                        "--results", str(annotations))
+    assert code == 2 and where in err and err.count("\n") == 1, err
+
+
+def test_a_broken_prediction_line_is_named_with_its_column(capsys, tmp_path):
+    annotations, preds = _dispider_case(tmp_path)
+    preds.write_text('{"type": "query", "query_id": "door", "stamp": 5}\n{"type": oops}\n')
+    code, _, err = _run(capsys, "--format", "dispider", "--annotations", str(annotations),
+                        "--results", str(preds))
+    assert code == 2 and "pred.jsonl:2:10: not valid JSON: Expecting value" in err
+
+
 def test_prediction_record_fields(tmp_path):
     rec = PredictionRecord.from_dict({"type": "response", "query_id": "q", "stamp": 3, "ttft_sec": float("nan"),
                                       "policy": "match"})
