@@ -23,6 +23,7 @@ convert` exposes it.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -270,37 +271,93 @@ def open_source(path: Union[str, Path], video_size: Optional[Tuple[int, int]] = 
 
 
 # ----------------------------------------------------------------------- writing ------
+BAG_FILE_SUFFIXES = (".mcap", ".db3", ".db3-shm", ".db3-wal")
+
+
+def is_bag_folder(path: Union[str, Path]) -> bool:
+    """A folder holding only rosbag2 files (metadata.yaml, storage files): safe to replace."""
+    path = Path(path)
+    return path.is_dir() and all(
+        p.is_file() and (p.name == "metadata.yaml" or p.suffix in BAG_FILE_SUFFIXES)
+        for p in path.iterdir())
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    """Refuse an existing `out` unless it is a bag folder (or nothing) and `overwrite`."""
+    if not out.exists() and not out.is_symlink():
+        return
+    if not overwrite:
+        raise FileExistsError(f"{out} exists: choose another --out, or pass --overwrite "
+                              "to replace the bag there")
+    if not is_bag_folder(out):
+        raise FileExistsError(f"{out} exists and is not a rosbag2 folder (only metadata.yaml "
+                              "and .mcap/.db3 files): not replacing it; choose another --out")
+
+
 def write_bag(frames: Iterable[Tuple[float, np.ndarray]], out: Union[str, Path],
               storage: str = "sqlite3", topic: str = VIDEO_TOPIC, start_stamp: float = 1.7e9,
-              frame_id: str = "camera", compressed: bool = False, jpeg_quality: int = 90) -> Path:
+              frame_id: str = "camera", compressed: bool = False, jpeg_quality: int = 90,
+              overwrite: bool = False) -> Path:
     """Write (seconds from start, RGB uint8) frames as a rosbag2 folder.
+
+    All or nothing: the bag is written in a hidden folder beside `out` and moved to `out`
+    once complete; when anything fails (a video that does not open, no frames, Ctrl-C)
+    nothing is left behind and an existing `out` is untouched.
 
     Args:
         frames: (t, rgb) pairs in time order (footage.video_frames gives them).
-        out: the bag folder to create (must not exist).
+        out: the bag folder to create.
         storage: "sqlite3" or "mcap".
         topic: image topic name; with `compressed`, a sensor_msgs/CompressedImage (JPEG) topic.
         start_stamp: absolute stamp of t = 0; header stamps and receive times both get
             start_stamp + t.
         frame_id: header.frame_id of every image.
+        overwrite: replace an existing `out` that is a rosbag2 folder (see `is_bag_folder`).
     Returns:
         The bag folder.
+    Raises:
+        FileExistsError: `out` exists (and `overwrite` is off, or it is not a bag folder).
+        ValueError: bad arguments, or no frames to write.
     """
-    import cv2
-    from rosbags.rosbag2 import StoragePlugin, Writer
-    from rosbags.typesys import Stores, get_typestore
+    import shutil
+    import tempfile
 
     if storage not in STORAGES:
         raise ValueError(f"storage {storage!r} is not one of {STORAGES}")
     if not math.isfinite(start_stamp) or start_stamp < 0:
         raise ValueError(f"start_stamp {start_stamp!r} must be finite and >= 0")
     out = Path(out)
+    _check_out(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        # rosbags names the storage file after the bag folder: write staging/<out.name>.
+        count = _write(frames, staging / out.name, storage, topic, start_stamp, frame_id,
+                       compressed, jpeg_quality)
+        if count == 0:
+            raise ValueError(f"no frames to write into {out}")
+        if out.exists():  # checked above: a bag folder, and overwrite is on
+            shutil.rmtree(out)
+        (staging / out.name).rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+def _write(frames, out: Path, storage: str, topic: str, start_stamp: float, frame_id: str,
+           compressed: bool, jpeg_quality: int) -> int:
+    """The rosbags writing loop of write_bag; returns the number of frames written."""
+    import cv2
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+
     typestore = get_typestore(Stores.ROS2_KILTED)
     Image = typestore.types[RAW]
     CompressedImage = typestore.types[COMPRESSED]
     Header = typestore.types["std_msgs/msg/Header"]
     Time = typestore.types["builtin_interfaces/msg/Time"]
     plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
+    count = 0
     with Writer(out, version=8, storage_plugin=plugin) as writer:
         conn = writer.add_connection(topic, COMPRESSED if compressed else RAW, typestore=typestore)
         for t, rgb in frames:
@@ -321,17 +378,38 @@ def write_bag(frames: Iterable[Tuple[float, np.ndarray]], out: Union[str, Path],
                 msg = Image(header=header, height=height, width=width, encoding="rgb8",
                             is_bigendian=0, step=width * 3, data=rgb.reshape(-1))
             writer.write(conn, ns, typestore.serialize_cdr(msg, conn.msgtype))
-    return out
+            count += 1
+    return count
 
 
 def video_to_bag(video: Union[str, Path], out: Union[str, Path], storage: str = "sqlite3",
                  size: Optional[Tuple[int, int]] = (320, 240), max_seconds: Optional[float] = None,
-                 **kwargs) -> Path:
-    """A video file -> a rosbag2 of its frames (see write_bag for kwargs)."""
+                 progress: bool = False, **kwargs) -> Path:
+    """A video file -> a rosbag2 of its frames (see write_bag for kwargs).
+
+    Args:
+        progress: a tqdm bar of frames written, on stderr.
+    Raises:
+        FileNotFoundError: the video does not exist.
+        ValueError: OpenCV cannot open it.
+    """
     from dispider_ros.footage import video_frames
 
-    return write_bag(video_frames(Path(video), max_seconds=max_seconds, size=size), out,
-                     storage=storage, **kwargs)
+    video = Path(video)
+    if not video.is_file():
+        raise FileNotFoundError(f"video {video} does not exist")
+    _check_out(Path(out), kwargs.get("overwrite", False))  # before decoding anything
+    source = VideoSource(video)  # opens it once: ValueError when OpenCV cannot
+    frames = video_frames(video, max_seconds=max_seconds, size=size)
+    if progress:
+        from tqdm import tqdm
+
+        total = source.count or None
+        if total and max_seconds is not None:
+            total = min(total, int(max_seconds * source.fps) + 1)
+        frames = tqdm(frames, total=total, desc="convert", unit="frame", file=sys.stderr,
+                      dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 10.0)
+    return write_bag(frames, out, storage=storage, **kwargs)
 
 
 def describe(source: CameraSource) -> str:

@@ -8,15 +8,18 @@
     report  --run <run dir> [--annotations <file>] [--out <dir>]
     topics  --bag <bag or video>        list topics (image topics marked)
     convert --video <file> --out <bag dir> [--storage sqlite3|mcap] [--topic T] [--compressed]
+            [--overwrite]   (all or nothing: a failed convert leaves nothing behind)
 
-Exit status: 0 ok, 1 run failure, 2 bad input (missing file, bag without images, ...).
+Exit status: 0 ok, 1 run failure, 2 bad input (missing file, bag without images, ...),
+130 interrupted (Ctrl-C). A failed `convert`, `run` or `report` leaves nothing behind.
 """
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from dispider_ros.eval import bagio
 from dispider_ros.eval.record import PREDICTIONS
@@ -32,17 +35,30 @@ def _run(args: argparse.Namespace) -> int:
     options = replay.ReplayOptions(preset=args.preset, params_file=args.params_file,
                                    overrides=overrides, camera_topics=args.camera_topic,
                                    chunks=args.chunks, progress=not args.quiet)
+    # A failed run leaves nothing behind but a live run's node logs (its error names them).
+    with replay.undo_on_failure(args.out, keep=("logs",) if args.mode == "live" else ()):
+        if args.mode == "offline":
+            figures = replay.run_offline(args.bag, args.annotations, args.out, options,
+                                         args.recording, args.overwrite)
+        else:
+            figures = replay.run_live(args.bag, args.annotations, args.out, options, args.rate,
+                                      args.recording, args.overwrite, sync=args.sync)
     if args.mode == "offline":
-        figures = replay.run_offline(args.bag, args.annotations, args.out, options,
-                                     args.recording, args.overwrite)
         print(f"offline replay speed: {figures['speed_factor']:.1f}x real time")
     else:
-        figures = replay.run_live(args.bag, args.annotations, args.out, options, args.rate,
-                                  args.recording, args.overwrite, sync=args.sync)
-        print(f"live replay done; node peak memory {figures.get('node_peak_rss_mb')}")
+        print(f"live replay done; node peak memory: {peak_memory(figures.get('node_peak_rss_mb'))}")
     print(f"run record: {Path(args.out) / PREDICTIONS}")
-    print(f"next: python -m dispider_ros.eval report --run {args.out}")
+    print(f"next: {shlex.quote(sys.executable)} -m dispider_ros.eval report "
+          f"--run {shlex.quote(str(args.out))}")
     return 0
+
+
+def peak_memory(peaks: Optional[Dict[str, Optional[float]]]) -> str:
+    """{'perception_node': 812.3, ...} (MiB) -> 'perception_node 812 MiB, ...'."""
+    if not peaks:
+        return "unknown"
+    return ", ".join(f"{name} {mib:.0f} MiB" if mib is not None else f"{name} unknown"
+                     for name, mib in peaks.items())
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -66,7 +82,8 @@ def _convert(args: argparse.Namespace) -> int:
     size = tuple(args.size) if args.size else None
     path = bagio.video_to_bag(args.video, args.out, storage=args.storage, size=size,
                               max_seconds=args.max_seconds, topic=args.topic,
-                              start_stamp=args.start_stamp, compressed=args.compressed)
+                              start_stamp=args.start_stamp, compressed=args.compressed,
+                              overwrite=args.overwrite, progress=not args.quiet)
     print(f"wrote {path} ({args.storage})")
     return 0
 
@@ -127,6 +144,9 @@ def parser() -> argparse.ArgumentParser:
     conv.add_argument("--max-seconds", type=float, default=None)
     conv.add_argument("--start-stamp", type=float, default=1.7e9, help="absolute stamp of t = 0")
     conv.add_argument("--compressed", action="store_true", help="JPEG CompressedImage topic")
+    conv.add_argument("--overwrite", action="store_true",
+                      help="replace an existing bag folder at --out (only a rosbag2 folder)")
+    conv.add_argument("--quiet", action="store_true", help="no progress bar")
     conv.set_defaults(handler=_convert)
     sub.add_parser("score", help="score saved answers (see `score --help`)", add_help=False)
     return main
@@ -148,6 +168,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (RuntimeError, TimeoutError) as error:
         print(f"{args.command} failed: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"{args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -30,12 +30,14 @@ namespace), so an annotation's ``camera`` is a topic name such as ``/camera/imag
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
 import os
 import re
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -106,35 +108,80 @@ def schedule(recording: ann.Recording, t0: float) -> List[ScheduledQuery]:
 
 def prepare_run_dir(out: Union[str, Path], annotations_path: Union[str, Path],
                     bag: Union[str, Path], recording_id: Optional[str] = None,
-                    overwrite: bool = False) -> Tuple[Path, ann.Recording]:
-    """Create the run folder with the selected recording saved as annotations.json."""
+                    overwrite: bool = False,
+                    camera_topics: Sequence[str] = ()) -> Tuple[Path, ann.Recording]:
+    """Create the run folder with the selected recording saved as annotations.json.
+
+    Every input is checked first (annotations, the recording, the bag and its camera
+    topics, an existing record), so bad input creates nothing."""
     out = Path(out)
     recording = select_recording(ann.load(annotations_path), bag, recording_id)
-    out.mkdir(parents=True, exist_ok=True)
+    with bagio.open_source(bag) as source:
+        source.select(camera_topics or None)
     predictions = out / PREDICTIONS
+    if predictions.exists() and not overwrite:
+        raise FileExistsError(f"{predictions} exists: choose another --out or pass --overwrite")
+    out.mkdir(parents=True, exist_ok=True)
     if predictions.exists():
-        if not overwrite:
-            raise FileExistsError(f"{predictions} exists: choose another --out or pass --overwrite")
         predictions.unlink()
     ann.save(ann.AnnotationSet([recording]), out / ANNOTATIONS)
     return out, recording
 
 
-class Progress:
-    """Line-based progress on stderr, at most every `every_sec` wall seconds."""
+RUN_FILES = (ANNOTATIONS, PREDICTIONS, "live_params.yaml")
 
-    def __init__(self, label: str, total: float, enabled: bool = True, every_sec: float = 2.0):
-        self.label, self.total, self.enabled, self.every_sec = label, total, enabled, every_sec
-        self._last = -math.inf
 
-    def update(self, done: float, extra: str = "", force: bool = False) -> None:
-        now = time.monotonic()
-        if not self.enabled or (not force and now - self._last < self.every_sec):
-            return
-        self._last = now
-        pct = f" ({100.0 * done / self.total:3.0f}%)" if self.total > 0 else ""
-        print(f"[{self.label}] {done:7.2f}/{self.total:.2f} s camera time{pct} {extra}",
-              file=sys.stderr, flush=True)
+@contextlib.contextmanager
+def undo_on_failure(out: Union[str, Path], keep: Sequence[str] = ()):
+    """When the block fails (an error or Ctrl-C), remove what a run wrote into `out`: the
+    run files, anything new except the entries in `keep` (a live run's logs, which the
+    error points at), and `out` itself if the block created it and it is left empty."""
+    out = Path(out)
+    existed = out.is_dir()
+    before = {p.name for p in out.iterdir()} if existed else set()
+    try:
+        yield out
+    except BaseException:
+        if out.is_dir():
+            for path in out.iterdir():
+                if path.name in keep or (path.name in before and path.name not in RUN_FILES):
+                    continue
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+            if not existed and not any(out.iterdir()):
+                out.rmdir()
+        raise
+
+
+def camera_progress(label: str, total: float, enabled: bool = True):
+    """A tqdm bar of camera seconds replayed, on stderr; move it with `advance`.
+
+    total: the recording's length in camera seconds (0 = unknown: no percentage)."""
+    from tqdm import tqdm
+
+    known = total > 0
+    return tqdm(total=total if known else None, desc=label, disable=not enabled,
+                file=sys.stderr, dynamic_ncols=True, unit="s",
+                mininterval=0.5 if sys.stderr.isatty() else 10.0,
+                bar_format=("{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s camera "
+                            "time [{elapsed}<{remaining}{postfix}]") if known else
+                ("{desc}: {n:.1f} s camera time [{elapsed}{postfix}]"))
+
+
+def advance(bar, done: float, note: str = "", final: bool = False) -> None:
+    """Move `bar` to `done` camera seconds (clamped to its total) with a short note;
+    `final`: the recording is over: `done` is its length (100 %), and the bar closes."""
+    if note:
+        bar.set_postfix_str(note, refresh=False)
+    if final and bar.total:
+        bar.total = max(done, bar.n)
+    target = min(done, bar.total) if bar.total else done
+    if target > bar.n:
+        bar.update(target - bar.n)
+    if final:
+        bar.close()
 
 
 def peak_rss_mb() -> float:
@@ -262,8 +309,8 @@ class OfflineReplay:
         t0 = recording_t0(recording, source, cameras) if t0 is None else t0
         queue = schedule(recording, t0)
         conversion = ConversionConfig(max_pixels=int(self.settings["perception_node"]["max_image_pixels"]))
-        progress = Progress("offline", float(duration or recording.duration or 0.0),
-                            self.options.progress)
+        progress = camera_progress("offline", float(duration or recording.duration or 0.0),
+                                   self.options.progress)
         first = last = None
         frames = 0
         wall0 = time.perf_counter()
@@ -284,8 +331,8 @@ class OfflineReplay:
                 self._count(f"image_{error.kind}")
             except RejectedFrame as error:
                 self._count(f"frame_{error.reason}")
-            progress.update(frame.stamp - t0, f"triggers {recorder.counts['trigger']} "
-                            f"responses {recorder.counts['response']}")
+            advance(progress, frame.stamp - t0, f"triggers {recorder.counts['trigger']} "
+                    f"responses {recorder.counts['response']}")
         for item in queue:  # asked after the recording ended: the latest frame answers
             self._ask(item)
         self.graph.wait_idle(self.options.response_timeout_sec)
@@ -293,7 +340,7 @@ class OfflineReplay:
         if first is None:
             raise bagio.NoImagesError(f"{source.path}: the camera topics {cameras} hold no messages")
         camera_sec = last - first
-        progress.update(last - t0, "done", force=True)
+        advance(progress, last - t0, "done", final=True)
         return self._figures(cameras, frames, camera_sec, wall)
 
     def _figures(self, cameras, frames: int, camera_sec: float, wall: float) -> Dict[str, Any]:
@@ -327,7 +374,8 @@ def run_offline(bag: Union[str, Path], annotations_path: Union[str, Path], out: 
                 overwrite: bool = False) -> Dict[str, Any]:
     """Offline replay of `bag` into the run folder `out`; returns the system figures."""
     options = options or ReplayOptions()
-    out, recording = prepare_run_dir(out, annotations_path, bag, recording_id, overwrite)
+    out, recording = prepare_run_dir(out, annotations_path, bag, recording_id, overwrite,
+                                     options.camera_topics)
     with bagio.open_source(bag) as source:
         cameras = [t.topic for t in source.select(options.camera_topics or None)]
         t0 = recording_t0(recording, source, cameras)
@@ -445,7 +493,8 @@ def run_live(bag: Union[str, Path], annotations_path: Union[str, Path], out: Uni
     options = options or ReplayOptions()
     if not (rate > 0 and math.isfinite(rate)):
         raise ValueError(f"rate {rate!r} must be a finite number > 0")
-    out, recording = prepare_run_dir(out, annotations_path, bag, recording_id, overwrite)
+    out, recording = prepare_run_dir(out, annotations_path, bag, recording_id, overwrite,
+                                     options.camera_topics)
     with bagio.open_source(bag) as source:
         topics = source.select(options.camera_topics or None)
     namespace = f"/dispider_eval_{os.getpid()}_{uuid.uuid4().hex[:6]}"

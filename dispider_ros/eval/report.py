@@ -61,11 +61,28 @@ def per_query(annotations: ann.AnnotationSet, run: RunData) -> List[Dict[str, An
     return rows
 
 
+def check_run_dir(run_dir: Union[str, Path]) -> Path:
+    """`run_dir` if it is a run folder (holds predictions.jsonl); FileNotFoundError naming it."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run folder {run_dir} does not exist (`dispider-eval run "
+                                f"--out {run_dir}` writes one)")
+    if not (run_dir / PREDICTIONS).is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run folder: it holds no {PREDICTIONS} "
+                                "(a run that failed or is still going leaves none)")
+    return run_dir
+
+
 def build(run_dir: Union[str, Path], annotations_path: Optional[Union[str, Path]] = None,
           tolerances: Sequence[float] = metrics.DEFAULT_TOLERANCES) -> Dict[str, Any]:
     """The report as a dict (what report.json holds)."""
-    run_dir = Path(run_dir)
-    annotations = ann.load(annotations_path or run_dir / ANNOTATIONS)
+    run_dir = check_run_dir(run_dir)
+    annotations_path = Path(annotations_path) if annotations_path else run_dir / ANNOTATIONS
+    if not annotations_path.is_file():
+        raise FileNotFoundError(f"annotation file {annotations_path} does not exist"
+                                + ("" if annotations_path.parent != run_dir else
+                                   " (the run saves it; pass --annotations <file>)"))
+    annotations = ann.load(annotations_path)
     run = read_run(run_dir)
     records = score_cli.load_predictions(run_dir / PREDICTIONS)
     scores = score_cli.score_dispider(annotations, records, tolerances)
@@ -236,11 +253,11 @@ def write(run_dir: Union[str, Path], annotations_path: Optional[Union[str, Path]
           out: Optional[Union[str, Path]] = None,
           tolerances: Sequence[float] = metrics.DEFAULT_TOLERANCES) -> Dict[str, Path]:
     """Write report.json, report.md and timeline.png (into `out`, default the run folder)."""
-    run_dir = Path(run_dir)
+    run_dir = check_run_dir(run_dir)
+    annotations_path = Path(annotations_path) if annotations_path else run_dir / ANNOTATIONS
+    report = build(run_dir, annotations_path, tolerances)  # checks every input: then write
     out = Path(out) if out else run_dir
     out.mkdir(parents=True, exist_ok=True)
-    annotations_path = Path(annotations_path) if annotations_path else run_dir / ANNOTATIONS
-    report = build(run_dir, annotations_path, tolerances)
     paths = {"json": out / REPORT_JSON, "markdown": out / REPORT_MD, "timeline": out / TIMELINE_PNG}
     paths["json"].write_text(json.dumps(report, indent=2, allow_nan=False, default=str) + "\n")
     paths["markdown"].write_text(markdown(report))

@@ -44,7 +44,8 @@ from dispider_ros.core.sampler import FrameSampler, RejectedFrame, SamplerConfig
 from dispider_ros.eval import annotations as ann
 from dispider_ros.eval import bagio
 from dispider_ros.eval.record import RunRecorder
-from dispider_ros.eval.replay import Progress, recording_t0, schedule, select_recording
+from dispider_ros.eval.replay import (advance, camera_progress, recording_t0, schedule,
+                                      select_recording)
 from dispider_ros.msg import FrameFeature, Query
 from dispider_ros.nodes.base import RELIABLE
 from dispider_ros.nodes.convert import header, to_sec, to_time
@@ -174,7 +175,7 @@ class Player:
         args = self.args
         sampler = FrameSampler(SamplerConfig(sample_fps=args.sample_fps))
         expected: Dict[str, float] = {}  # camera -> stamp of its last frame perception samples
-        progress = Progress("live", duration, not args.quiet)
+        progress = camera_progress("live", duration, not args.quiet)
         cameras = [t.topic for t in self.topics]
         first = None
         published = 0
@@ -202,8 +203,8 @@ class Player:
                     self.wait(lambda: self.features.get(frame.topic, -math.inf) >= frame.stamp - 1e-6,
                               args.sync_timeout, f"the feature of {frame.topic} at {frame.stamp:.3f}")
                     wall0 += time.monotonic() - paused
-            progress.update(frame.stamp - t0, f"features {self.feature_count} triggers "
-                            f"{len(self.outputs.triggers)} answers {len(self.outputs.answered)}")
+            advance(progress, frame.stamp - t0, f"features {self.feature_count} triggers "
+                    f"{len(self.outputs.triggers)} answers {len(self.outputs.answered)}")
         for item in queue:
             self.ask(item)
         wall = time.monotonic() - started
@@ -228,8 +229,8 @@ class Player:
                   "fresh diagnostics, decision_node past every feature", tick)
         self.wait(lambda: self.outputs.pending() == 0, args.drain_timeout,
                   "a final answer to every trigger", tick)
-        progress.update(last - t0, f"done: triggers {len(self.outputs.triggers)} answers "
-                        f"{len(self.outputs.answered)}", force=True)
+        advance(progress, last - t0, f"done: triggers {len(self.outputs.triggers)} answers "
+                f"{len(self.outputs.answered)}", final=True)
         return self.figures(first, last, wall, published, expected)
 
     def figures(self, first, last, wall, published, expected) -> Dict[str, object]:

@@ -95,3 +95,41 @@ def test_bad_inputs(tmp_path):
         bagio.open_source(tmp_path / "not_a_bag")
     with pytest.raises(ValueError, match="storage"):
         bagio.write_bag([], tmp_path / "x", storage="zip")
+
+
+def _frames_then_fail(frames, after):
+    yield from frames[:after]
+    raise RuntimeError("decoder died")
+
+
+def test_existing_out_is_refused_and_kept(tmp_path, flower_frames):
+    bag = bagio.write_bag(flower_frames[:2], tmp_path / "bag", storage="mcap")
+    before = sorted(p.name for p in bag.iterdir())
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        bagio.write_bag(flower_frames[:3], bag, storage="mcap")
+    assert sorted(p.name for p in bag.iterdir()) == before
+    bagio.write_bag(flower_frames[:3], bag, storage="sqlite3", overwrite=True)
+    with bagio.open_source(bag) as source:
+        assert source.storage == "sqlite3" and source.topics()[0].count == 3
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not a rosbag2 folder"):
+        bagio.write_bag(flower_frames[:1], tmp_path / "notes", overwrite=True)
+    assert (tmp_path / "notes" / "todo.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("storage", bagio.STORAGES)
+def test_a_failed_write_leaves_nothing_behind(tmp_path, flower_frames, storage):
+    with pytest.raises(RuntimeError, match="decoder died"):
+        bagio.write_bag(_frames_then_fail(flower_frames, 3), tmp_path / "bag", storage=storage)
+    with pytest.raises(ValueError, match="no frames"):
+        bagio.write_bag([], tmp_path / "bag", storage=storage)
+    assert list(tmp_path.iterdir()) == []
+    # replacing: the old bag stays whole when the new one fails
+    bagio.write_bag(flower_frames[:2], tmp_path / "bag", storage=storage)
+    with pytest.raises(RuntimeError):
+        bagio.write_bag(_frames_then_fail(flower_frames, 3), tmp_path / "bag", storage=storage,
+                        overwrite=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["bag"]
+    with bagio.open_source(tmp_path / "bag") as source:
+        assert source.topics()[0].count == 2

@@ -142,7 +142,7 @@ def test_cli_run_on_a_video_file_score_and_report(flower, offline_runs, tmp_path
     out = tmp_path / "video_run"
     done = cli("run", "--bag", video, "--annotations", flower["annotations"], "--out", out)
     assert done.returncode == 0, done.stderr
-    assert "x real time" in done.stderr and "[offline]" in done.stderr  # speed + progress
+    assert "x real time" in done.stderr and "offline: 100%" in done.stderr  # speed + tqdm bar
     bag_triggers = [(t["query_id"], round(t["stamp"], 3)) for t in read_run(offline_runs["mcap"][0]).triggers]
     video_triggers = [(t["query_id"], round(t["stamp"], 3)) for t in read_run(out).triggers]
     assert video_triggers == bag_triggers  # same relative times from a video and from its bag
