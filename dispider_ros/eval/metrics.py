@@ -60,13 +60,13 @@ def _ratio(num: float, den: float) -> Optional[float]:
 
 
 def prf(tp: int, n_pred: int, n_true: int) -> Dict[str, Optional[float]]:
-    """Precision tp/n_pred, recall tp/n_true, F1 their harmonic mean; None where undefined."""
+    """Precision tp/n_pred, recall tp/n_true, F1 = 2 tp / (n_pred + n_true) (their harmonic
+    mean where both exist, as sed_eval's event-based F-measure); None where undefined.
+
+    A total miss (windows, no answers) has no precision but recall 0 and F1 0, and answers
+    where none were due have F1 0: F1 is undefined only when nothing was due or given."""
     precision, recall = _ratio(tp, n_pred), _ratio(tp, n_true)
-    if precision is None or recall is None:
-        f1 = None
-    else:
-        f1 = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
-    return {"precision": precision, "recall": recall, "f1": f1}
+    return {"precision": precision, "recall": recall, "f1": _ratio(2 * tp, n_pred + n_true)}
 
 
 def summary_stats(values: Sequence[float]) -> Dict[str, Optional[float]]:

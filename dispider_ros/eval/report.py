@@ -9,8 +9,14 @@ frames, peak memory, replay speed).
 The timeline has one panel per camera and one row per query (a query to every camera
 appears in every panel): ground-truth windows (shaded; a zero-length window is drawn as a
 narrow bar), the moment the query was asked (triangle), triggers (vertical ticks at the
-evidence stamp), final answers (dots at their emit time, joined to their trigger) and
-first-token marks (x at the trigger's camera clock + TTFT x replay rate). Times are seconds from the recording start.
+evidence stamp), final answers (dots at their emit time, joined to their evidence stamp) and
+first-token marks (x at the trigger's camera clock + TTFT x replay rate). Times are seconds
+from the recording start.
+
+Which time is scored (the tables and the plot agree): an answer at its emit time (when it
+came out; its evidence stamp where the record has none), a trigger at its evidence stamp
+(the frame it fired on). A `now` question fires on the newest frame already seen, so its
+trigger's evidence can be earlier than the moment the question was asked.
 """
 from __future__ import annotations
 
@@ -40,6 +46,13 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def answer_time(response: Dict[str, Any]) -> float:
+    """When an answer is scored and drawn: its emit time, else its evidence stamp
+    (score_cli.PredictionRecord.answer_time on a run record's dict)."""
+    emit = response.get("emit_stamp")
+    return emit if emit is not None else response["stamp"]
+
+
 def per_query(annotations: ann.AnnotationSet, run: RunData) -> List[Dict[str, Any]]:
     """One row per annotated query: when asked, windows, triggers, answers, first latency."""
     rows = []
@@ -48,10 +61,12 @@ def per_query(annotations: ann.AnnotationSet, run: RunData) -> List[Dict[str, An
         answers = [r for r in run.responses if r["query_id"] == q.query_id and not r.get("error")]
         asked = [r["stamp"] for r in run.queries if r["query_id"] == q.query_id]
         windows = [(w.start, w.end) for w in q.windows]
-        matched = metrics.match_times([r["stamp"] for r in answers], windows, 2.0)
-        latencies = [r["stamp"] - windows[k][0] for r, k in zip(answers, matched) if k is not None]
+        times = [answer_time(r) for r in answers]
+        matched = metrics.match_times(times, windows, 2.0)
+        latencies = [t - windows[k][0] for t, k in zip(times, matched) if k is not None]
         rows.append({
-            "query_id": q.query_id, "text": q.text, "mode": q.mode, "camera": q.camera or "*",
+            "query_id": q.query_id, "text": q.text, "mode": score_cli.mode_of(q),
+            "declared_mode": q.mode, "camera": q.camera or "*",
             "asked": asked[0] if asked else None, "windows": windows,
             "triggers": triggers, "answers": len(answers),
             "errors": sum(1 for r in run.responses if r["query_id"] == q.query_id and r.get("error")),
@@ -129,8 +144,11 @@ def markdown(report: Dict[str, Any]) -> str:
              f"- records: {report['counts']['queries']} queries, {report['counts']['triggers']} "
              f"triggers, {report['counts']['responses']} answers", "",
              f"![timeline]({TIMELINE_PNG})", "", "## Timing (metrics.timing_scores)", ""]
-    lines += _timing_table("Answers (final responses, evidence stamp)", scores["timing"]["responses"])
-    lines += _timing_table("Triggers", scores["timing"]["triggers"])
+    lines += ["Answers are scored when they came out (emit time, the dots of the timeline); "
+              "triggers at their evidence frame (the ticks). Latency = scored time - window "
+              "start.", ""]
+    lines += _timing_table("Answers (final responses, at emit time)", scores["timing"]["responses"])
+    lines += _timing_table("Triggers (at the evidence frame)", scores["timing"]["triggers"])
     silence, ttft, text = scores["silence"], scores["ttft"], scores["text"]
     delay = scores["response_delay"]
     lines += ["## Answers", "", "| metric | value |", "|---|---:|",
@@ -142,18 +160,25 @@ def markdown(report: Dict[str, Any]) -> str:
               f"| token F1 mean | {_fmt(text.get('token_f1'))} |",
               f"| ROUGE-L mean | {_fmt(text.get('rouge_l'))} |", ""]
     if scores.get("by_mode"):
-        lines += ["## F1 by query mode (answers)", "", "| mode | " + " | ".join(
+        lines += ["## F1 by query mode (answers; `auto` counted as the mode it resolved to)", "",
+                  "A miss scores 0; – = undefined (no window was due and nothing was said).", "",
+                  "| mode | " + " | ".join(
             f"F1@{k}s" for k in scores["timing"]["responses"]) + " |",
                   "|---|" + "---:|" * len(scores["timing"]["responses"])]
         for mode, timing in scores["by_mode"].items():
             lines.append(f"| {mode} | " + " | ".join(_fmt(r["f1"]) for r in timing.values()) + " |")
         lines.append("")
-    lines += ["## Queries", "", "| query | mode | camera | asked (s) | windows (s) | triggers (s) | "
+    lines += ["## Queries", "", "Triggers (s): the evidence frame each fired on; a `now` "
+              "question answers from the newest frame already seen, so it can precede `asked`. "
+              "First latency: first matched answer's emit time - its window start.", "",
+              "| query | mode | camera | asked (s) | windows (s) | triggers (s) | "
               "answers | matched @2 s | first latency (s) |", "|---|---|---|---:|---|---|---:|---:|---:|"]
     for row in report["queries"]:
         windows = ", ".join(f"[{s:g}, {e:g}]" for s, e in row["windows"]) or "silent"
         triggers = ", ".join(f"{t:.2f}" for t in row["triggers"]) or "–"
-        lines.append(f"| `{row['query_id']}` {row['text']} | {row['mode']} | {row['camera']} | "
+        mode = row["mode"] if row.get("declared_mode", row["mode"]) == row["mode"] else \
+            f"{row['declared_mode']} → {row['mode']}"
+        lines.append(f"| `{row['query_id']}` {row['text']} | {mode} | {row['camera']} | "
                      f"{_fmt(row['asked'], 2)} | {windows} | {triggers} | {row['answers']} | "
                      f"{row['matched_at_2s']} | {_fmt(row['first_latency_at_2s'], 2)} |")
     lines += ["", "## System", "", "| figure | value |", "|---|---:|"]
@@ -191,7 +216,7 @@ def timeline(report: Dict[str, Any], run: RunData, annotations: ann.AnnotationSe
                      | set(report["run"].get("cameras") or [])) or ["*"]
     end = max([0.0] + [e for q in queries for _, e in [(w.start, w.end) for w in q.windows]]
               + [q.time for q in queries] + [t["stamp"] for t in run.triggers]
-              + [r.get("emit_stamp") or r["stamp"] for r in run.responses]
+              + [answer_time(r) for r in run.responses]
               + [report["system"].get("camera_seconds") or 0.0])
     rows = max(1, len(queries))
     clocks = {t["trigger_id"]: t.get("clock_stamp", t["stamp"]) for t in run.triggers}
@@ -212,16 +237,16 @@ def timeline(report: Dict[str, Any], run: RunData, annotations: ann.AnnotationSe
             trig = [t for t in run.triggers if t["query_id"] == q.query_id
                     and (t.get("camera_id", camera) == camera or camera == "*")]
             ax.plot([t["stamp"] for t in trig], [y] * len(trig), marker="|", linestyle="",
-                    color="tab:orange", markersize=18, markeredgewidth=2, label="trigger")
+                    color="tab:orange", markersize=18, markeredgewidth=2,
+                    label="trigger (evidence frame)")
             for r in run.responses:
                 if r["query_id"] != q.query_id or (camera != "*" and r.get("camera_id") not in ("", camera)):
                     continue
-                emit = r.get("emit_stamp")
+                at = answer_time(r)  # the time the tables score it at
                 color = "tab:red" if r.get("error") else "tab:blue"
-                if emit is not None:
-                    ax.plot([r["stamp"], emit], [y - 0.18] * 2, color=color, linewidth=1)
-                    ax.plot([emit], [y - 0.18], marker="o", color=color, linestyle="",
-                            label="answer (error)" if r.get("error") else "answer")
+                ax.plot([r["stamp"], at], [y - 0.18] * 2, color=color, linewidth=1)
+                ax.plot([at], [y - 0.18], marker="o", color=color, linestyle="",
+                        label="answer (error)" if r.get("error") else "answer (scored here)")
                 first = first_token_stamp(r, clocks, rate)
                 if first is not None:
                     ax.plot([first], [y - 0.18], marker="x", color="tab:purple",

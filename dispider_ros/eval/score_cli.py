@@ -18,13 +18,18 @@ are skipped. Fields:
     trigger_id   trigger that caused the response / the trigger's own id
     response_id  the response's id
     ttft_sec     responses: seconds from trigger to first token (null/NaN if unknown)
-    emit_stamp   responses: recording time at which the final text came out (optional)
+    emit_stamp   responses: recording time at which the final text came out (optional;
+                 the answer is scored at this time, see `PredictionRecord.answer_time`)
     error        responses: non-empty when the answer is not a complete one (failed, stopped,
                  dropped, rejected); such a response is not scored. Run records also carry
                  `error_code` (Response.msg's constants), kept in `extras`
     mode, score, policy, ...   anything else is kept in `extras` and not scored
 
 Scoring (format dispider) uses final, error-free responses; see `score_dispider`.
+Which time is scored: an answer at its `emit_stamp` (when the user got it; its evidence
+`stamp` where a record has no emit_stamp), a trigger at its `stamp` (the evidence frame).
+So the answer table says "did the robot speak inside the window", the trigger table "did it
+notice the right frame", and the report's timeline draws each at the same time.
 """
 from __future__ import annotations
 
@@ -79,6 +84,12 @@ class PredictionRecord:
             if value is not None and math.isnan(value):
                 setattr(self, name, None)
 
+    @property
+    def answer_time(self) -> float:
+        """The time a response is scored at: when it came out (emit_stamp), else its evidence
+        stamp (prediction files from elsewhere may not have emit_stamp)."""
+        return self.emit_stamp if self.emit_stamp is not None else self.stamp
+
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "PredictionRecord":
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k != "extras"}
@@ -107,16 +118,26 @@ def load_predictions(path: Union[str, Path]) -> List[PredictionRecord]:
     return records
 
 
+def mode_of(query: ann.AnnotatedQuery) -> str:
+    """The mode the system uses for a query: its declared mode, "auto" resolved by
+    query_text.infer_mode (the decision node's rule)."""
+    from dispider_ros.core.query_text import infer_mode
+
+    return infer_mode(query.text) if query.mode == "auto" else query.mode
+
+
 def score_dispider(annotations: ann.AnnotationSet, records: Sequence[PredictionRecord],
                    tolerances: Sequence[float] = metrics.DEFAULT_TOLERANCES,
                    text_tolerance: float = 2.0) -> Dict[str, Any]:
     """Our robot metrics (metrics.py) for one run.
 
     timing.responses / timing.triggers: precision, recall, F1 and latency at each tolerance
-    (metrics.timing_scores); silence: metrics.silence_scores on responses; ttft: stats of
+    (metrics.timing_scores), answers at their `answer_time` (emit time), triggers at their
+    evidence stamp; silence: metrics.silence_scores on answer times; ttft: stats of
     ttft_sec; response_delay: emit_stamp - stamp; text: similarity of each response matched
     (at `text_tolerance`) to a window with reference text; by_camera / by_mode: response
-    timing per query camera ("*" = every camera) and per query mode.
+    timing per query camera ("*" = every camera) and per mode the system used (`mode_of`:
+    "auto" resolved as the decision node resolves it).
     """
     queries = list(annotations.queries())
     known = {q.query_id for q in queries}
@@ -145,8 +166,8 @@ def score_dispider(annotations: ann.AnnotationSet, records: Sequence[PredictionR
     counts["queries_not_asked"] = len(known - asked) if asked else None
 
     def items(subset):
-        return [([r.stamp for r in responses[q.query_id]], [(w.start, w.end) for w in q.windows])
-                for q in subset]
+        return [([r.answer_time for r in responses[q.query_id]],
+                 [(w.start, w.end) for w in q.windows]) for q in subset]
 
     final = [r for rs in responses.values() for r in rs]
     out: Dict[str, Any] = {
@@ -164,13 +185,13 @@ def score_dispider(annotations: ann.AnnotationSet, records: Sequence[PredictionR
     for q in queries:
         rs = responses[q.query_id]
         windows = [(w.start, w.end) for w in q.windows]
-        for r, k in zip(rs, metrics.match_times([r.stamp for r in rs], windows, text_tolerance)):
+        for r, k in zip(rs, metrics.match_times([r.answer_time for r in rs], windows, text_tolerance)):
             if k is not None and q.windows[k].text is not None:
                 pairs.append((r.text, q.windows[k].text))
     out["text"] = {"tolerance": text_tolerance,
                    "references": sum(w.text is not None for q in queries for w in q.windows),
                    **metrics.text_scores(pairs)}
-    for key, group_of in (("by_camera", lambda q: q.camera or "*"), ("by_mode", lambda q: q.mode)):
+    for key, group_of in (("by_camera", lambda q: q.camera or "*"), ("by_mode", mode_of)):
         groups: Dict[str, list] = {}
         for q in queries:
             groups.setdefault(group_of(q), []).append(q)
@@ -198,7 +219,7 @@ def score(fmt: str, annotations: Union[str, Path], results: Union[str, Path],
         entries = streamingbench.load_questions(annotations)
         if _is_jsonl(results):
             first = streamingbench.first_responses(
-                (r.query_id, r.stamp, r.text) for r in load_predictions(results)
+                (r.query_id, r.answer_time, r.text) for r in load_predictions(results)
                 if r.type == "response" and r.final and not r.error)
             return {"format": "streamingbench", **streamingbench.score_first_responses(entries, first)}
         scored = streamingbench.score_benchmark_output(streamingbench.load_questions(results), model)

@@ -51,8 +51,11 @@ def test_timing_scores_early_response_needs_tolerance_and_has_negative_latency()
 
 
 def test_prf_undefined_parts_are_none():
-    assert m.prf(0, 0, 3) == {"precision": None, "recall": 0.0, "f1": None}
+    assert m.prf(0, 0, 3) == {"precision": None, "recall": 0.0, "f1": 0.0}  # a total miss
+    assert m.prf(0, 2, 0) == {"precision": 0.0, "recall": None, "f1": 0.0}  # only false alarms
+    assert m.prf(0, 0, 0) == {"precision": None, "recall": None, "f1": None}  # nothing due or said
     assert m.prf(0, 2, 2) == {"precision": 0.0, "recall": 0.0, "f1": 0.0}
+    assert m.prf(1, 3, 2)["f1"] == pytest.approx(0.4)  # the harmonic mean of 1/3 and 1/2
 
 
 def test_silence_scores():

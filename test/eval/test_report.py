@@ -99,6 +99,39 @@ def test_report_files(tmp_path):
     assert image[..., :3].std() > 0.05  # something is drawn
 
 
+def test_table_scores_answers_where_the_timeline_draws_them(tmp_path):
+    """The "table" answer's evidence (0.4) precedes its window [0.5, 1.5]; it came out at 0.6,
+    where the timeline draws it: a hit at 0 s tolerance with latency +0.1, not a false
+    alarm at -0.1. Its trigger, scored at the evidence, is early."""
+    _write_run(tmp_path)
+    paths = report.write(tmp_path)
+    data = json.loads(paths["json"].read_text())
+    at0 = data["scores"]["timing"]["responses"]["0"]
+    assert (at0["tp"], at0["fp"], at0["fn"]) == (2, 0, 0)
+    assert sorted([at0["latency"]["min"], at0["latency"]["max"]]) == pytest.approx([0.1, 0.5])
+    rows = {row["query_id"]: row for row in data["queries"]}
+    assert rows["table"]["first_latency_at_2s"] == pytest.approx(0.1)
+    run = read_run(tmp_path)
+    assert [report.answer_time(r) for r in run.responses][:2] == pytest.approx([0.6, 3.5])
+    assert report.answer_time({"stamp": 2.0, "emit_stamp": None}) == 2.0
+    # modes: "Tell me when the door opens." was declared auto and runs as match
+    assert (rows["door"]["declared_mode"], rows["door"]["mode"]) == ("auto", "match")
+    assert set(data["scores"]["by_mode"]) == {"match", "now"}
+    text = paths["markdown"].read_text()
+    for needle in ("Answers (final responses, at emit time)", "Triggers (at the evidence frame)",
+                   "| auto → match |", "can precede `asked`"):
+        assert needle in text
+
+
+def test_a_total_miss_scores_zero_not_undefined(tmp_path):
+    ann.save(_annotations(), tmp_path / ANNOTATIONS)
+    with RunRecorder(tmp_path / PREDICTIONS, t0=T0) as rec:
+        rec.run("start", mode="offline", recording_id="lab", t0=T0, cameras=[FRONT])
+    data = report.build(tmp_path)
+    assert data["scores"]["by_mode"]["match"]["2"]["f1"] == 0.0  # door and dog: no answers
+    assert "| match | 0.000 | 0.000 | 0.000 | 0.000 |" in report.markdown(data)
+
+
 def test_first_token_uses_the_trigger_clock_and_rate():
     response = {"trigger_id": "t", "stamp": 1.0, "ttft_sec": 0.1}
     assert report.first_token_stamp(response, {"t": 1.5}, rate=2.0) == pytest.approx(1.7)

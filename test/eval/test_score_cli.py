@@ -114,14 +114,15 @@ def test_dispider_metrics_on_a_hand_made_run(capsys, tmp_path):
     code, out, _ = _run(capsys, "--format", "dispider", "--annotations", str(annotations),
                         "--results", str(preds), "--tolerances", "0,5")
     assert code == 0 and out["queries"] == 2 and out["windows"] == 2
-    # final error-free responses: door 10.5 (in [10, 12]) and 20 (in no window), quiet 7.
-    # tp 1 of 3 responses and 2 windows: P 1/3, R 1/2, F1 = (1/3)/(5/6) = 0.4, latency 0.5
+    # final error-free responses, scored when they came out: door emitted at 11.0 (evidence
+    # 10.5; in [10, 12]) and 20 (no emit_stamp: its evidence stamp; in no window), quiet 7.
+    # tp 1 of 3 responses and 2 windows: P 1/3, R 1/2, F1 = (1/3)/(5/6) = 0.4, latency 11 - 10
     # (at 5 s, 20 still misses: [5, 17] is taken and [25, 40] does not hold it)
     for tol in ("0", "5"):
         r = out["timing"]["responses"][tol]
         assert (r["tp"], r["fp"], r["fn"]) == (1, 2, 1)
         assert r["precision"] == pytest.approx(1 / 3) and r["recall"] == 0.5 and r["f1"] == pytest.approx(0.4)
-        assert r["latency"]["mean"] == 0.5
+        assert r["latency"]["mean"] == 1.0
     # triggers 10.5 and 20 for door only: P 1/2, R 1/2
     t = out["timing"]["triggers"]["0"]
     assert (t["precision"], t["recall"], t["f1"]) == (0.5, 0.5, 0.5)
@@ -138,9 +139,33 @@ def test_dispider_metrics_on_a_hand_made_run(capsys, tmp_path):
     assert text["contains"] == 0.0
     assert out["by_camera"]["front"]["0"]["precision"] == 0.5
     assert out["by_camera"]["back"]["0"]["recall"] is None       # no windows there
-    assert set(out["by_mode"]) == {"auto", "match"}
+    # by the mode the system used: "Tell me when the door opens." (auto) is a match query
+    assert set(out["by_mode"]) == {"match"} and out["by_mode"]["match"]["0"]["tp"] == 1
     assert out["records"] == {"query": 2, "trigger": 2, "response_final": 3, "response_partial": 1,
                               "errors": 1, "unknown_query": 1, "queries_not_asked": 0}
+
+
+def test_answers_are_scored_when_they_came_out(capsys, tmp_path):
+    """Evidence before the window, answer out inside it: a hit at 0 s tolerance (the time
+    the timeline draws); the trigger, scored at its evidence, is early."""
+    (tmp_path / "ann.yaml").write_text(
+        "recordings:\n  - recording_id: r\n    queries:\n"
+        "      - {query_id: now, time: 1.2, text: 'What is here?', mode: now,"
+        " windows: [{start: 1.2, end: 2.2}]}\n"
+        "      - {query_id: miss, time: 0, text: Tell me when the door opens.,"
+        " windows: [{start: 3, end: 4}]}\n")
+    preds = _jsonl(tmp_path / "p.jsonl", [
+        {"type": "trigger", "query_id": "now", "stamp": 1.001},
+        {"type": "response", "query_id": "now", "stamp": 1.001, "emit_stamp": 1.34, "text": "a"}])
+    code, out, err = _run(capsys, "--format", "dispider", "--annotations", str(tmp_path / "ann.yaml"),
+                          "--results", str(preds), "--tolerances", "0")
+    assert code == 0, err
+    answers, triggers = out["timing"]["responses"]["0"], out["timing"]["triggers"]["0"]
+    assert (answers["tp"], answers["fp"], answers["fn"]) == (1, 0, 1)
+    assert answers["latency"]["mean"] == pytest.approx(0.14)
+    assert (triggers["tp"], triggers["fp"]) == (0, 1)
+    assert out["by_mode"]["match"]["0"]["f1"] == 0.0  # a total miss scores 0, not "undefined"
+    assert out["by_mode"]["now"]["0"]["f1"] == 1.0
 
 
 def test_bad_inputs_exit_2_with_a_message(capsys, tmp_path):
