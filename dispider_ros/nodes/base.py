@@ -71,6 +71,11 @@ class DispiderNode(LifecycleNode):
                                                     callback_group=self.control_group)
         if self.get_parameter("autostart").value:
             self._autostart_timer = self.create_timer(0.0, self._autostart)
+        else:  # otherwise a lone executable would sit silent
+            name = self.get_fully_qualified_name()
+            self.get_logger().info(
+                f"unconfigured, waiting to be configured: `ros2 lifecycle set {name} configure` "
+                f"then `activate` (or start with `--ros-args -p autostart:=true`)")
 
     # -- subclass hooks ------------------------------------------------------------------
     def configure_core(self, settings: Dict[str, Any]) -> None:

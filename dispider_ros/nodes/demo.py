@@ -4,18 +4,25 @@
 
 Publishes real clips as a camera stream, asks one present-tense and one proactive
 question, and prints triggers and streamed responses as they arrive.
+
+Times: the bracket of each line is the camera time when it was printed; triggers and
+answers also name their evidence time (the frame they are about), which for a `now`
+question is the newest frame already seen, so earlier than the question. A node that
+fails to configure (no CUDA, a missing checkpoint) stops the demo at once with the node's
+own error; Ctrl-C stops it cleanly (exit status 130).
 """
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Dict, Iterator, List, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -70,6 +77,17 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
+class StartupError(RuntimeError):
+    """A node failed to configure or activate, or exited, before the graph was active."""
+
+
+def node_of(logger_name: str) -> Optional[str]:
+    """'dispider_demo.perception_node' -> 'perception_node' (one of NODES), else None."""
+    prefix = NAMESPACE.strip("/").replace("/", ".") + "."
+    name = logger_name[len(prefix):] if logger_name.startswith(prefix) else ""
+    return name if name in NODES else None
+
+
 def stop_nodes(processes: List[subprocess.Popen]) -> None:
     for process in processes:
         if process.poll() is None:
@@ -85,12 +103,15 @@ class Console:
     """Subscribes to the graph's outputs and prints them as they arrive."""
 
     def __init__(self, node, t0: float):
-        from std_msgs.msg import String  # noqa: F401
+        from rcl_interfaces.msg import Log
+        from rclpy.qos import qos_profile_rosout_default
 
         from dispider_ros.msg import FrameFeature, Response, Trigger
         from dispider_ros.nodes.base import RELIABLE
 
         self.t0 = t0
+        self.stream_start: Optional[float] = None  # monotonic time of camera time 0
+        self.startup_errors: Dict[str, str] = {}  # node -> its "configure failed: ..." line
         self.features = 0
         self.triggers: List = []
         self.finals: List = []
@@ -103,6 +124,24 @@ class Console:
         node.create_subscription(Trigger, f"{NAMESPACE}/trigger", self._on_trigger, RELIABLE)
         node.create_subscription(Response, f"{NAMESPACE}/response_stream", self._on_chunk, RELIABLE)
         node.create_subscription(Response, f"{NAMESPACE}/response", self._on_final, RELIABLE)
+        # the nodes' own error lines (rosout keeps them for late joiners, 10 s)
+        node.create_subscription(Log, "/rosout", self._on_log, qos_profile_rosout_default)
+
+    def _on_log(self, msg):
+        name = node_of(msg.name)
+        if name and msg.level >= msg.ERROR and ("configure failed" in msg.msg
+                                                or "activate failed" in msg.msg):
+            with self.lock:
+                self.startup_errors.setdefault(name, msg.msg)
+
+    def now(self) -> str:
+        """Camera time of the stream now (the bracket of every printed line)."""
+        if self.stream_start is None:
+            return f"{0.0:7.2f}s"
+        return f"{time.monotonic() - self.stream_start:7.2f}s"
+
+    def evidence(self, header) -> str:
+        return f"evidence {header.stamp.sec + header.stamp.nanosec * 1e-9:.2f}s"
 
     def stamp(self, header) -> str:
         return f"{header.stamp.sec + header.stamp.nanosec * 1e-9:7.2f}s"
@@ -111,8 +150,9 @@ class Console:
         with self.lock:
             self.features += 1
             if msg.clip_boundary:
-                print(f"  [{self.stamp(msg.header)}] perception: new clip {msg.clip_index} "
-                      f"(similarity {msg.clip_similarity:.2f})", flush=True)
+                print(f"  [{self.now()}] perception: new clip {msg.clip_index} at frame "
+                      f"{self.stamp(msg.header).strip()} (similarity {msg.clip_similarity:.2f})",
+                      flush=True)
 
     def _lag(self, header) -> float:
         stamp = header.stamp.sec + header.stamp.nanosec * 1e-9
@@ -124,8 +164,9 @@ class Console:
             self.triggers.append(msg)
             if msg.policy != "now":  # a now-trigger's evidence predates its question
                 self.trigger_lag.append(self._lag(msg.header))
-        print(f"  [{self.stamp(msg.header)}] TRIGGER {msg.trigger_id} for {msg.query_id} "
-              f"policy={msg.policy} score={msg.score:.2f} clip={msg.clip_index}", flush=True)
+        print(f"  [{self.now()}] TRIGGER {msg.trigger_id} for {msg.query_id} "
+              f"policy={msg.policy} score={msg.score:.2f} clip={msg.clip_index} "
+              f"({self.evidence(msg.header)})", flush=True)
 
     def _on_chunk(self, msg):
         with self.lock:
@@ -133,37 +174,84 @@ class Console:
             if msg.sequence == 0 and msg.query_id != "q-now":
                 self.first_token_lag.append(self._lag(msg.header))
         if msg.sequence == 0:
-            print(f"  [{self.stamp(msg.header)}] stream {msg.response_id}: {msg.text!r} ...",
-                  flush=True)
+            print(f"  [{self.now()}] stream {msg.response_id}: {msg.text!r} ... "
+                  f"({self.evidence(msg.header)})", flush=True)
 
     def _on_final(self, msg):
         with self.lock:
             self.finals.append(msg)
         revises = f" (revises {msg.revises_response_id})" if msg.revises_response_id else ""
         error = f" ERROR {msg.error_code}: {msg.error}" if msg.error_code != msg.OK else ""
-        print(f"  [{self.stamp(msg.header)}] RESPONSE {msg.response_id} to {msg.query_id} via "
+        print(f"  [{self.now()}] RESPONSE {msg.response_id} to {msg.query_id} via "
               f"{msg.trigger_id}{revises}: {msg.text!r} ({msg.token_count} tokens, TTFT "
-              f"{msg.ttft_sec * 1000:.0f} ms){error}", flush=True)
+              f"{msg.ttft_sec * 1000:.0f} ms, {self.evidence(msg.header)}){error}", flush=True)
 
 
-def wait_active(node, timeout: float) -> None:
-    """Block until every node reports the lifecycle state `active`."""
+FAILED_TRANSITION = re.compile(r"\]: ((?:configure|activate) failed: .*)$")
+
+
+def startup_errors(console: Console, log_dir: Path) -> Dict[str, str]:
+    """node -> its own "configure failed: ..." line, from /rosout or else its log file
+    (rosout can miss a line logged before discovery; the file has every one)."""
+    with console.lock:
+        errors = dict(console.startup_errors)
+    for name in NODES:
+        if name in errors:
+            continue
+        try:
+            text = (log_dir / f"{name}.log").read_text(errors="replace")
+        except OSError:
+            continue
+        for line in text.splitlines():
+            match = FAILED_TRANSITION.search(line)
+            if match and line.startswith("[ERROR]"):
+                errors[name] = match.group(1)
+                break
+    return errors
+
+
+def wait_active(node, console: Console, processes: List[subprocess.Popen], log_dir: Path,
+                timeout: float) -> None:
+    """Block until every node reports the lifecycle state `active`.
+
+    Raises:
+        StartupError: at once when a node logs a failed configure/activate (its own line)
+            or exits, instead of waiting out `timeout`.
+        TimeoutError: a node is still not active after `timeout`.
+    """
     from lifecycle_msgs.srv import GetState
 
     deadline = time.monotonic() + timeout
-    for name in NODES:
-        client = node.create_client(GetState, f"{NAMESPACE}/{name}/get_state")
-        while True:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{name} did not become active within {timeout:.0f} s "
-                                   "(see its log)")
-            if client.wait_for_service(timeout_sec=0.5):
-                future = client.call_async(GetState.Request())
-                while not future.done() and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                if future.done() and future.result().current_state.label == "active":
-                    break
-            time.sleep(0.2)
+    clients = {name: node.create_client(GetState, f"{NAMESPACE}/{name}/get_state") for name in NODES}
+    pending: Dict[str, object] = {}
+    active: set = set()
+    while len(active) < len(NODES):
+        failed = startup_errors(console, log_dir)
+        for name, process in zip(NODES, processes):
+            if name not in failed and process.poll() is not None:
+                failed[name] = f"exited with status {process.returncode}"
+        if failed:
+            grace = time.monotonic() + 2.0  # the other nodes' errors (often the same cause)
+            while len(failed) < len(NODES) and time.monotonic() < grace:
+                time.sleep(0.1)
+                failed = {**startup_errors(console, log_dir), **failed}
+            raise StartupError("; ".join(f"{name} {error}" for name, error in failed.items())
+                               + f" (logs in {log_dir}/)")
+        if time.monotonic() > deadline:
+            late = ", ".join(name for name in NODES if name not in active)
+            raise TimeoutError(f"{late} did not become active within {timeout:.0f} s "
+                               f"(logs in {log_dir}/)")
+        for name in NODES:
+            if name in active:
+                continue
+            future = pending.get(name)
+            if future is None and clients[name].service_is_ready():
+                pending[name] = clients[name].call_async(GetState.Request())
+            elif future is not None and future.done():
+                del pending[name]
+                if future.result() is not None and future.result().current_state.label == "active":
+                    active.add(name)
+        time.sleep(0.1)
 
 
 def main(argv=None) -> int:
@@ -177,6 +265,7 @@ def main(argv=None) -> int:
 
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
     from sensor_msgs.msg import Image
 
     from dispider_ros.models.presets import config_file, load_preset
@@ -195,27 +284,34 @@ def main(argv=None) -> int:
               "GPU with `--preset qwen2vl_2b` (checkpoints in the HF cache) - see README.")
     print(f"footage: {description}")
     wall0 = time.monotonic()
-    processes = start_nodes(args.preset, params_file, args.logs)
-    rclpy.init()
+    # Ctrl-C is a plain KeyboardInterrupt here: rclpy's handler would shut the context down
+    # under the spinning thread (an ExternalShutdownException traceback) and leave no reason.
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     node = rclpy.create_node("dispider_demo_console")
-    console = Console(node, wall0)
+    console = Console(node, wall0)  # listening (rosout too) before the nodes start
     executor = SingleThreadedExecutor()
     executor.add_node(node)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner = threading.Thread(target=_spin, args=(executor,), daemon=True)
     spinner.start()
     camera = node.create_publisher(Image, f"{NAMESPACE}/image", 5)
     queries = node.create_publisher(Query, f"{NAMESPACE}/query", RELIABLE)
-    status = 0
+    processes: List[subprocess.Popen] = []
+    status, streamed = 0, False
     try:
+        processes = start_nodes(args.preset, params_file, args.logs)
         print(f"starting {', '.join(NODES)} (logs in {args.logs}/) ...")
-        wait_active(node, timeout=180)
+        wait_active(node, console, processes, args.logs, timeout=180)
         print(f"graph active after {time.monotonic() - wall0:.1f} s; streaming in real time")
+        print("  [t] = camera time when the line is printed; evidence t = camera time of the "
+              "frame a trigger or answer is about (for a `now` question the newest frame already "
+              "seen, so before the question)")
         asked = [
             (1.0, Query(query_id="q-now", text="What is in front of the camera right now?")),
             (2.0, Query(query_id="q-scene", text="Tell me every time the scene changes.",
                         mode=Query.MODE_BOUNDARY, max_responses=3)),
         ]
-        start = time.monotonic()
+        start = console.stream_start = time.monotonic()
+        streamed = True
         for stamp, rgb in frames:  # stamp: camera time of the frame (the footage's own)
             if stamp > args.seconds:
                 break
@@ -233,15 +329,26 @@ def main(argv=None) -> int:
         deadline = time.monotonic() + 30
         while len(console.finals) < len(console.triggers) and time.monotonic() < deadline:
             time.sleep(0.1)
-    except (TimeoutError, KeyboardInterrupt) as error:
+    except StartupError as error:
+        print(f"demo stopped: {error}", file=sys.stderr)
+        print("fix the parameter named above (a GPU preset needs CUDA and its checkpoints, see "
+              "README), or run `make demo` (tiny preset, CPU)", file=sys.stderr)
+        status = 1
+    except TimeoutError as error:
         print(f"demo stopped: {error}", file=sys.stderr)
         status = 1
+    except KeyboardInterrupt:
+        print("\ndemo stopped: interrupted (Ctrl-C); stopping the nodes ...", file=sys.stderr)
+        status = 130
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip the cleanup
         rss = {name: rss_mib(process.pid) for name, process in zip(NODES, processes)}
         stop_nodes(processes)
         executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()
+    if not streamed:
+        return status
     ttfts = [m.ttft_sec for m in console.finals if m.error_code == m.OK]
     print("\nsummary:")
     print(f"  wall time {time.monotonic() - wall0:.1f} s; features {console.features}; "
@@ -259,6 +366,15 @@ def main(argv=None) -> int:
         print("  the present-tense question was not answered: see the node logs", file=sys.stderr)
         status = 1
     return status
+
+
+def _spin(executor) -> None:
+    from rclpy.executors import ExternalShutdownException
+
+    try:
+        executor.spin()
+    except ExternalShutdownException:  # the context went down first: nothing left to do
+        pass
 
 
 if __name__ == "__main__":

@@ -13,6 +13,12 @@ def test_bad_model_fails_configure_then_recovers(tmp_path):
     client = Client(namespace)
     try:
         client.wait_state("perception_node", "unconfigured")
+        # started without autostart, it says so once, and how to go on
+        wait_for(lambda: "waiting to be configured" in graph.log("perception_node"), 10,
+                 "the line saying the node waits to be configured")
+        (line,) = [x for x in graph.log("perception_node").splitlines() if "waiting to be" in x]
+        assert f"ros2 lifecycle set {namespace}/perception_node configure" in line
+        assert "-p autostart:=true" in line
         assert not client.transition("perception_node", Transition.TRANSITION_CONFIGURE)
         assert graph.alive("perception_node")
         assert client.state("perception_node") == "unconfigured"
