@@ -31,11 +31,9 @@ namespace), so an annotation's ``camera`` is a topic name such as ``/camera/imag
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import math
 import os
-import re
 import resource
 import shutil
 import signal

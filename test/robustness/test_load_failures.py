@@ -7,7 +7,6 @@ parameter is fixed; trust_remote_code is off by default and logged loudly when t
 """
 import json
 import shutil
-import time
 
 import pytest
 
