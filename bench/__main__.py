@@ -53,9 +53,6 @@ def main(argv=None) -> int:
     from bench import bounded, models, nonblocking, overhead, replay_speed, report, ttft
     from bench.common import (SINGLE_SHOT_CLIPS, distinct_frames, footage, load_average, machine,
                               set_threads, wait_quiet)
-    from dispider_ros.models.vision import VisionEncoder, VisionEncoderConfig
-    from dispider_ros.models.registry import load_reaction_vlm
-    from dispider_ros.models.vlm_config import ReactionVLMConfig
 
     mode = "quick" if args.quick else "full"
     out_path = args.out or RESULTS / f"{mode}.json"
@@ -74,9 +71,9 @@ def main(argv=None) -> int:
     print(f"bench ({mode}) on {info['cpu']}, {info['cores']} cores, torch {info['torch']}, "
           f"transformers {info['transformers']}, load average {info['load_average_start']}", flush=True)
     paths = {name: models.model_path(name) for name in ("siglip", "qwen2_vl")}
-    encoder = VisionEncoder(VisionEncoderConfig(model=paths["siglip"]))
-    vlm = load_reaction_vlm(ReactionVLMConfig(model=paths["qwen2_vl"], kv_reuse=True,
-                                              max_new_tokens=1, min_new_tokens=1))
+    # Loaded as the nodes load theirs (compose, shipped settings); only the weights are the bench's.
+    encoder = models.load_encoder()
+    vlm = models.load_vlm(kv_reuse=True, max_new_tokens=1, min_new_tokens=1)
     print(f"models ready in {time.perf_counter() - started:.1f} s ({paths['qwen2_vl']})", flush=True)
     frames = distinct_frames(260)
     results: dict = {"mode": mode, "machine": info, "scale": models.describe(), "sections": {}}

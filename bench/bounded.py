@@ -1,8 +1,10 @@
 """P4: per-trigger latency and process RSS from 100 to 10,000 sampled frames.
 
 Each arm runs in its own process (`python -m bench.bounded --arm ...`), so one arm's
-memory cannot show up in the other's RSS. An arm loads the bench Qwen2-VL into a ReactionEngine
-(whose memory follows the reaction node's budget rules), encodes a few real frames with its
+memory cannot show up in the other's RSS. An arm loads the bench Qwen2-VL (bench.models.load_vlm:
+the reaction node's model settings) into the reaction node's ReactionEngine
+(compose.reaction_stage of the shipped settings: its memory follows the node's budget
+rules, queue and evidence settings), encodes a few real frames with its
 vision tower, and then feeds the engine's MemoryBuffer frame after frame with clones of
 those token tensors (each frame owns its storage, as an encoded frame does; stamps 0.5 s
 apart, 2 Hz), which keeps 10,000 frames cheap. At each checkpoint a trigger is answered for
@@ -15,8 +17,15 @@ prefill, ~50-100 MiB) in its heap after its mmap threshold adapts, and how much 
 happens to hold varies from trigger to trigger by tens of MiB; trimming leaves the memory
 the process actually holds (live objects + fragmentation). The untrimmed RSS and the peak
 (VmHWM) are reported beside it. RSS is /proc/self/statm after that trigger.
-- compressed: max_tokens = 4096 (the reaction node's default) with round-decayed compression.
-- uncompressed: max_tokens = 10**9 (nothing is ever pooled or dropped).
+- compressed: the shipped settings as they are (max_tokens 4096 from config/dispider.yaml)
+  with round-decayed compression.
+- uncompressed: the same with max_tokens = 10**9 (nothing is ever pooled or dropped): the
+  baseline arm.
+Deliberate deviations from the shipped reaction, listed in the results' protocol and the
+printed table: KV reuse off (an empty cache per trigger: after a compression batch the
+cached prefix is stale anyway, so this is every trigger's worst case; KV reuse in steady
+state is issue 11's bar) and answers of exactly 16 tokens (shipped: up to 48, ending at the
+end-of-answer token), so every checkpoint decodes the same work.
 A checkpoint whose prompt exceeds `cap_tokens` (or the model's 32,768 positions) is not
 generated (latency null): it would take minutes on 2 cores; its prompt size is reported.
 """
@@ -24,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import dataclasses
 import json
 import os
 import subprocess
@@ -37,7 +47,7 @@ ANSWER_TOKENS = 16
 QUESTION = "What is on the table now?"
 STAMP_STEP = 0.5
 MAX_POSITIONS = 32768
-NODE_DEFAULT_MAX_TOKENS = 4096  # reaction_node's max_tokens default
+UNCOMPRESSED_MAX_TOKENS = 10 ** 9
 CAMERA = "/camera/color/image_raw"  # a typical topic: frame labels carry it
 
 
@@ -66,7 +76,7 @@ def arm_main(argv=None) -> int:
     """Subprocess entry: one arm, JSON on stdout."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--arm", choices=("compressed", "uncompressed"), required=True)
-    parser.add_argument("--max-tokens", type=int, default=NODE_DEFAULT_MAX_TOKENS)
+    parser.add_argument("--max-tokens", type=int, default=0, help="0 = the shipped max_tokens")
     parser.add_argument("--checkpoints", default="100,300,1000,3000,10000")
     parser.add_argument("--cap-tokens", type=int, default=16000)
     parser.add_argument("--repeats-small", type=int, default=3, help="repeats where a trigger takes < 2 s")
@@ -76,17 +86,21 @@ def arm_main(argv=None) -> int:
     torch.set_num_threads(1)
     from bench import models
     from bench.common import peak_rss_mb, rss_mb
+    from dispider_ros import compose
     from dispider_ros.core.memory import FrameTokens, MemoryBuffer, MemoryConfig
-    from dispider_ros.core.reaction import ReactionConfig, ReactionEngine
+    from dispider_ros.core.reaction import ReactionEngine
     from dispider_ros.core.types import TriggerEvent
     from dispider_ros.core.protocols import PromptParts
-    from dispider_ros.models.registry import load_reaction_vlm
-    from dispider_ros.models.vlm_config import ReactionVLMConfig
 
-    vlm = load_reaction_vlm(ReactionVLMConfig(model=models.model_path("qwen2_vl"), kv_reuse=False,
-                                              max_new_tokens=ANSWER_TOKENS, min_new_tokens=ANSWER_TOKENS))
+    vlm = models.load_vlm(kv_reuse=False, max_new_tokens=ANSWER_TOKENS, min_new_tokens=ANSWER_TOKENS)
     source = [vlm.encode_frame(image) for image in _few_frames(8)]
-    max_tokens = 10 ** 9 if args.arm == "uncompressed" else args.max_tokens
+    overrides = {"max_tokens": args.max_tokens} if args.max_tokens else {}
+    settings = models.node_settings("reaction_node", overrides)
+    config = compose.reaction_config(settings)
+    if args.arm == "uncompressed":  # above the schema's range: set on the config, not the settings
+        config = dataclasses.replace(config, memory=dataclasses.replace(
+            config.memory, max_tokens=UNCOMPRESSED_MAX_TOKENS))
+    max_tokens = config.memory.max_tokens
     finals = []
     done = threading.Event()
 
@@ -97,9 +111,7 @@ def arm_main(argv=None) -> int:
 
     # The engine builds its memory as the reaction node does (its budget rules included);
     # frames go in through that memory, triggers through submit() and the worker thread.
-    engine = ReactionEngine(ReactionConfig(memory=MemoryConfig(max_tokens=max_tokens),
-                                           preempt_same_query=False, evidence_wait_sec=0.0,
-                                           worker_threads=1), on_response, vlm=vlm)
+    engine = ReactionEngine(config, on_response, vlm=vlm)
     memory = engine.memory
     # Warm-up trigger on a separate small buffer, so allocator pools exist before the first point.
     warm = MemoryBuffer(MemoryConfig(max_tokens=10 ** 9))
@@ -165,6 +177,11 @@ def arm_main(argv=None) -> int:
         print(json.dumps({"progress": points[-1]}), file=sys.stderr, flush=True)
     engine.close()
     out = {"arm": args.arm, "max_tokens": max_tokens, "cap_tokens": args.cap_tokens,
+           "reaction_config": {"max_queue": config.max_queue, "preempt_same_query":
+                               config.preempt_same_query, "evidence_timeout_sec":
+                               config.evidence_timeout_sec, "protected_frames":
+                               config.memory.protected_frames, "worker_threads": config.worker_threads},
+           "evidence_missing": engine.counts["evidence_missing"],
            "frame_overhead_tokens": memory.config.frame_overhead_tokens,
            "answer_tokens": ANSWER_TOKENS, "ingest_sec": round(ingest_sec, 2),
            "tokens_per_frame": source[0].n_tokens, "points": points}
@@ -205,14 +222,18 @@ def growth(points: List[dict], key: str, first: int = 100, last: int = 10000) ->
     return b / a - 1.0
 
 
-def run(quick: bool, log=print, max_tokens: int = NODE_DEFAULT_MAX_TOKENS) -> dict:
-    """Both arms, each in its own process, one after the other."""
+def run(quick: bool, log=print, max_tokens: int = 0) -> dict:
+    """Both arms, each in its own process, one after the other (max_tokens 0 = shipped)."""
+    from bench import models
+
+    shipped = models.node_settings("reaction_node")
+    max_tokens = max_tokens or shipped["max_tokens"]
     checkpoints = [100, 300, 1000, 3000, 10000] if not quick else [100, 300, 10000]
     # The quick run answers no trigger in the uncompressed arm (its prompts take 2-10 s each):
     # prompt size and RSS only.
     caps = {"compressed": 20000, "uncompressed": 0 if quick else 20000}
     arms = {"compressed": (max_tokens, [100, 10000] if quick else checkpoints),
-            "uncompressed": (10 ** 9, checkpoints)}
+            "uncompressed": (0, checkpoints)}
     results = {}
     for name, (mt, cps) in arms.items():  # one after the other: an arm never slows the other
         log(f"  P4 {name}: checkpoints {cps} ...")
@@ -227,7 +248,23 @@ def run(quick: bool, log=print, max_tokens: int = NODE_DEFAULT_MAX_TOKENS) -> di
     unc = results["uncompressed"]["points"]
     measured_unc = [p for p in unc if p["latency_sec"] is not None]
     return {
-        "protocol": {"max_tokens": max_tokens, "cap_prompt_tokens": caps, "answer_tokens": ANSWER_TOKENS,
+        "protocol": {"max_tokens": max_tokens, "shipped_max_tokens": shipped["max_tokens"],
+                     "uncompressed_max_tokens": UNCOMPRESSED_MAX_TOKENS,
+                     "path": "compose.reaction_config(shipped reaction_node settings) -> ReactionEngine; "
+                             "bench.models.load_vlm (the node's model settings) + the changes below",
+                     "deviations": {
+                         "kv_reuse": {"value": False, "shipped": True,
+                                      "why": "an empty KV cache per trigger: after a compression "
+                                             "batch the cached prefix is stale anyway, so every "
+                                             "checkpoint measures the worst case (KV reuse in "
+                                             "steady state: issue 11)"},
+                         "answer_tokens": {"value": ANSWER_TOKENS, "shipped_max_new_tokens":
+                                           shipped["max_new_tokens"],
+                                           "why": "exactly 16 tokens (min_new_tokens = max_new_tokens) "
+                                                  "so every checkpoint decodes the same work"},
+                         "frames": "visual tokens of 8 real frames cloned into the engine's memory "
+                                   "(not encoded one by one) so 10,000 frames stay cheap"},
+                     "cap_prompt_tokens": caps, "answer_tokens": ANSWER_TOKENS,
                      "kv_reuse": False, "frame_rate_hz": 1 / STAMP_STEP,
                      "arms_ran": "one after the other, a process each",
                      "threads": 1, "repeats": "median of 3 where a trigger takes < 2 s, else 1",

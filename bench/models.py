@@ -7,6 +7,9 @@ MLP ~5.5x wide, a patch-14 ViT with a 2x2 merger into the text width, a vision t
 pixels) but fit two CPU cores. Each folder is written once with `save_pretrained` under
 `<cache>/bench/<name>-v<BUILD_VERSION>` and loaded through the same `from_pretrained` path
 a real checkpoint takes (`VisionEncoder`, `load_reaction_vlm`), with local_files_only.
+`node_settings` gives a node's shipped settings (config/dispider.yaml over the parameter
+schema) with these folders as its model, and `load_encoder` / `load_vlm` load them through
+the builders the nodes use (dispider_ros.compose), so only the weights are the bench's.
 
 | role | real reference | bench scale |
 |---|---|---|
@@ -20,11 +23,15 @@ from __future__ import annotations
 
 import json
 import logging
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, Dict, Optional
 
 import torch
 
+from dispider_ros import compose, settings
+from dispider_ros.core import schema
 from dispider_ros.models import tiny
 
 LOG = logging.getLogger(__name__)
@@ -166,3 +173,30 @@ def model_path(name: str) -> str:
         raise ValueError(f"unknown bench model {name!r}; known: {sorted(BUILDERS)}")
     folder = bench_root() / f"{name}-v{BUILD_VERSION}"
     return tiny.build_once(folder, BUILDERS[name], f"bench-scale {name}")
+
+
+NODE_MODEL = {"perception_node": "siglip", "decision_node": "siglip", "reaction_node": "qwen2_vl"}
+
+
+def node_settings(node: str, overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """A node's shipped settings (schema defaults, then config/dispider.yaml) with the
+    bench-scale model as its model parameter, then `overrides` (a benchmark's deviations)."""
+    values = {schema.MODEL_PARAM[node]: model_path(NODE_MODEL[node])}
+    values.update(overrides or {})
+    return settings.node_settings(node, overrides=values)
+
+
+def load_encoder(overrides: Optional[Dict[str, Any]] = None):
+    """The bench SigLIP, loaded as perception_node loads its encoder (compose)."""
+    return compose.load_vision_encoder(node_settings("perception_node", overrides), "perception_node")
+
+
+def load_vlm(overrides: Optional[Dict[str, Any]] = None, **config_changes):
+    """The bench Qwen2-VL, configured as reaction_node configures it (compose), then
+    `config_changes` to its ReactionVLMConfig (a benchmark's generation settings, e.g.
+    kv_reuse or a forced answer length; it lists them in its protocol)."""
+    from dispider_ros.models.registry import load_reaction_vlm
+
+    node = node_settings("reaction_node", overrides)
+    config = compose.reaction_vlm_config(node, settings.resolve_models("reaction_node", node))
+    return load_reaction_vlm(dataclasses.replace(config, **config_changes))
