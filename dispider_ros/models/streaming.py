@@ -10,6 +10,11 @@ import torch
 
 from dispider_ros.core.protocols import TextCallback
 
+# A run of tokens with no word boundary finalizes no text (random weights, long tokens,
+# code): the callback then hears ("", tokens so far) at least this often, so a listener
+# (the ask action's answer timeout) can tell a slow answer from a dead or stalled node.
+PROGRESS_SEC = 1.0
+
 
 def callback_streamer(tokenizer, on_text: Optional[TextCallback]):
     """A transformers TextStreamer that hands each finalized text chunk to a plain callback.
@@ -18,7 +23,9 @@ def callback_streamer(tokenizer, on_text: Optional[TextCallback]):
     is no queue to block on: an exception in generate() (or in the callback) propagates
     straight to the caller instead of leaving a reader waiting for text that never comes.
     The streamer also records its chunks, counts the new tokens (a chunk may cover several:
-    text is finalized at word boundaries) and notes when the first new token arrived.
+    text is finalized at word boundaries) and notes when the first new token arrived. While
+    tokens come but no text is finalized, it calls back ("", tokens so far) every
+    PROGRESS_SEC (such empty calls are not recorded as chunks).
     """
     return _streamer_class()(tokenizer, on_text)
 
@@ -34,17 +41,25 @@ def _streamer_class():
             self.chunks: List[str] = []
             self.first_token_time: Optional[float] = None
             self.token_count = 0  # new tokens put so far
+            self.last_call = 0.0  # perf_counter of the last callback (or the first token)
 
         def put(self, value):
-            if not self.next_tokens_are_prompt:  # the first put() is the prompt
+            generated = not self.next_tokens_are_prompt  # the first put() is the prompt
+            if generated:
+                now = time.perf_counter()
                 if self.first_token_time is None:
-                    self.first_token_time = time.perf_counter()
+                    self.first_token_time = self.last_call = now
                 self.token_count += value.numel()  # (1,) or (1, 1): batch size 1
             super().put(value)
+            if generated and self.on_text is not None and \
+                    time.perf_counter() - self.last_call >= PROGRESS_SEC:
+                self.last_call = time.perf_counter()  # no text for a while: progress only
+                self.on_text("", self.token_count)
 
         def on_finalized_text(self, text: str, stream_end: bool = False):
             if text:
                 self.chunks.append(text)
+                self.last_call = time.perf_counter()
                 if self.on_text is not None:
                     self.on_text(text, self.token_count)
 
