@@ -76,6 +76,7 @@ def reaction_vlm_config(settings: Settings, resolved: Dict[str, Any]):
                              dtype=resolved["dtype"], local_files_only=settings["local_files_only"],
                              trust_remote_code=settings["trust_remote_code"],
                              max_new_tokens=settings["max_new_tokens"],
+                             min_new_tokens=settings["min_new_tokens"],
                              temperature=settings["temperature"])
 
 

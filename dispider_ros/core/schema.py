@@ -126,6 +126,11 @@ DECISION = _common("decision_node", "SigLIP/CLIP checkpoint whose text tower sco
     Param("max_queries_per_sec", 5.0, "accepted queries per second, on the node's clock "
           "(sim time when use_sim_time is set); 0 = unlimited", 0.0, 1000.0, live=True),
     Param("max_active_queries", 64, "queries held at once; more are rejected", 1, 100000),
+    Param("answer_timeout_sec", 30.0, "`ask` action: a goal aborts with ANSWER_TIMEOUT when an "
+          "answer it waits for shows no progress (no chunk or final of any answer from the "
+          "reaction node) for this long: the reaction node is down, unreachable or stalled. "
+          "Keep it above the slowest first token (queue wait, evidence wait, prefill)",
+          0.5, 3600.0, live=True),
 )
 
 REACTION = _common("reaction_node", "video-LLM answering triggers (Qwen2-VL / Qwen2.5-VL "
@@ -143,6 +148,8 @@ REACTION = _common("reaction_node", "video-LLM answering triggers (Qwen2-VL / Qw
           "(sampled_image) to reach memory over DDS before it is answered without it",
           0.0, 60.0, live=True),
     Param("max_new_tokens", 48, "answer length limit in tokens", 1, 8192, live=True),
+    Param("min_new_tokens", 0, "answers are at least this many tokens (end of answer "
+          "suppressed before); at most max_new_tokens", 0, 8192, live=True),
     Param("temperature", 0.0, "sampling temperature; 0 = greedy", 0.0, 5.0, live=True),
     Param("preempt_same_query", True, "a newer trigger for a query stops its stale answer "
           "(the new answer names the one it revises)"),

@@ -38,7 +38,7 @@ class ReactionVLMConfig:
     local_files_only: bool = True
     trust_remote_code: bool = False
     max_new_tokens: int = schema.default("reaction_node", "max_new_tokens")
-    min_new_tokens: int = 0
+    min_new_tokens: int = schema.default("reaction_node", "min_new_tokens")
     temperature: float = schema.default("reaction_node", "temperature")
     top_p: float = 1.0
     min_pixels: Optional[int] = None
