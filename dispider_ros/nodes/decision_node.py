@@ -11,6 +11,7 @@ from dispider_ros import compose
 from dispider_ros.core.decision import DecisionCore
 from dispider_ros.core.types import TriggerEvent
 from dispider_ros.msg import FrameFeature, Query, Response, Trigger
+from dispider_ros.nodes.ask_server import AskServer
 from dispider_ros.nodes.base import RELIABLE, RELIABLE_INPUT, DispiderNode, run
 from dispider_ros.nodes.convert import (feature_from_msg, header, query_from_msg, to_sec,
                                         trigger_to_msg)
@@ -26,8 +27,12 @@ class DecisionNode(DispiderNode):
         self.encoder = None
         self.trigger_pub = None
         self.rejection_pub = None
+        self.cancel_pub = None
         self.inputs: List = []
         self.latest_stamp = 0.0
+        # The `ask` action exists in every state, so a goal to an inactive node is refused
+        # with a reason rather than left unanswered.
+        self.ask = AskServer(self, self.control_group)
 
     def configure_core(self, settings: Dict[str, Any]) -> None:
         self.encoder = compose.load_vision_encoder(settings, self.NODE)
@@ -37,6 +42,9 @@ class DecisionNode(DispiderNode):
         self.core = compose.decision_stage(settings, self.encoder, id_prefix=id_prefix)
         self.trigger_pub = self.create_lifecycle_publisher(Trigger, "trigger", RELIABLE)
         self.rejection_pub = self.create_lifecycle_publisher(Response, "response", RELIABLE)
+        # Canceled queries (topic or action) for the reaction node, which stops their answers.
+        self.cancel_pub = self.create_lifecycle_publisher(Query, "query_cancel", RELIABLE)
+        self.ask.configure(settings["answer_timeout_sec"])
 
     def activate_io(self) -> None:
         group = self.control_group
@@ -48,15 +56,17 @@ class DecisionNode(DispiderNode):
             self.create_subscription(String, "query_text", self._on_query_text, RELIABLE_INPUT,
                                      callback_group=group),
         ]
+        self.ask.activate()
 
     def deactivate_io(self) -> None:
         for subscription in self.inputs:
             self.destroy_subscription(subscription)
         self.inputs = []
+        self.ask.deactivate(f"{self.get_fully_qualified_name()} deactivated")
 
     def cleanup_core(self) -> None:
         self.deactivate_io()
-        for name in ("trigger_pub", "rejection_pub"):
+        for name in ("trigger_pub", "rejection_pub", "cancel_pub"):
             publisher = getattr(self, name)
             if publisher is not None:
                 self.destroy_lifecycle_publisher(publisher)
@@ -71,6 +81,8 @@ class DecisionNode(DispiderNode):
 
     def apply_live(self, updates: Dict[str, Any]) -> None:
         self.core.set_config(**{k: v for k, v in updates.items() if k in compose.DECISION_FIELDS})
+        if "answer_timeout_sec" in updates:
+            self.ask.configure(updates["answer_timeout_sec"])
 
     # -- inputs --------------------------------------------------------------------------
     def _on_feature(self, msg: FrameFeature) -> None:
@@ -91,10 +103,8 @@ class DecisionNode(DispiderNode):
         if core is None:
             return
         if msg.cancel:
-            if not core.cancel(msg.query_id):
+            if not self.cancel_query(msg.query_id, "canceled on `query`"):
                 self.health.fault("cancel_unknown", f"cancel: no active query {msg.query_id!r}")
-            else:
-                self.get_logger().info(f"query {msg.query_id!r} cancelled")
             return
         assigned = "" if msg.query_id else core.new_query_id()
         stamp = to_sec(msg.header.stamp)
@@ -122,15 +132,39 @@ class DecisionNode(DispiderNode):
             final=True, ttft_sec=math.nan, error_code=Response.QUERY_REJECTED,
             error=f"query rejected: {reason}"))
 
+    def cancel_query(self, query_id: str, reason: str) -> bool:
+        """End a query in the core (False when it was not active there) and, either way,
+        tell the reaction node on `query_cancel`: it stops the query's running answer and ends
+        its waiting triggers (CANCELED). A `now` query leaves the core when it fires, while
+        its answer may still be generating."""
+        core = self.core
+        active = core is not None and core.cancel(query_id)
+        if active:
+            self.get_logger().info(f"query {query_id!r} cancelled: {reason}")
+        publisher = self.cancel_pub
+        if publisher is not None:
+            publisher.publish(Query(header=header(self.latest_stamp), query_id=query_id, cancel=True))
+        return active
+
     def _publish(self, triggers: List[TriggerEvent]) -> None:
         for event in triggers:
-            self.trigger_pub.publish(trigger_to_msg(event))
+            message = trigger_to_msg(event)
+            self.ask.on_trigger(message)  # before publishing: an ask goal waits on it from now
+            self.trigger_pub.publish(message)
+        self.ask.update()  # queries that this feature expired or completed end their goals
+
+    publish_triggers = _publish
+
+    def destroy_node(self):
+        self.ask.destroy()  # rclpy does not destroy a node's action servers with it
+        super().destroy_node()
 
     def status_values(self) -> Dict[str, Any]:
         values: Dict[str, Any] = {"model": self.resolved.get("model", "")}
         core = self.core
         if core is not None:
             values.update(core.stats())
+        values.update(self.ask.stats())
         return values
 
 

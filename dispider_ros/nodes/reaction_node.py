@@ -4,6 +4,7 @@ perception sampled (`sampled_image`), so every trigger's evidence frame is one o
 from __future__ import annotations
 
 import dataclasses
+import math
 import queue
 import threading
 from typing import Any, Dict, Optional
@@ -11,15 +12,15 @@ from typing import Any, Dict, Optional
 from std_msgs.msg import String
 
 from dispider_ros import compose
-from dispider_ros.core.reaction import ReactionEngine
+from dispider_ros.core.reaction import ReactionEngine, response_id
 from dispider_ros.core.types import ErrorCode, ResponseEvent
 from dispider_ros.imaging import ConversionConfig, ImageError
-from dispider_ros.msg import Response, SampledImage, Trigger
+from dispider_ros.msg import Query, Response, SampledImage, Trigger
 from dispider_ros.nodes.base import RELIABLE, RELIABLE_INPUT, DispiderNode, run
 from dispider_ros.nodes.convert import response_to_msg, trigger_from_msg
 from dispider_ros.nodes.sampled_image import frame_from_msg
 
-GENERATION = ("max_new_tokens", "temperature")
+GENERATION = ("max_new_tokens", "min_new_tokens", "temperature")
 # Sampled frames waiting to be encoded into memory; at 2 fps this is half a minute of
 # backlog (a link that comes back after an outage), beyond which the oldest are dropped.
 FRAME_BACKLOG = 64
@@ -34,7 +35,7 @@ class ReactionNode(DispiderNode):
         super().__init__(**kwargs)
         self.engine: Optional[ReactionEngine] = None
         self.vlm = None
-        self.frame_sub = self.trigger_sub = None
+        self.frame_sub = self.trigger_sub = self.cancel_sub = None
         self.final_pub = self.stream_pub = self.text_pub = None
         self.conversion = ConversionConfig()
         self._frames: "queue.Queue[Optional[SampledImage]]" = queue.Queue(maxsize=FRAME_BACKLOG)
@@ -57,9 +58,11 @@ class ReactionNode(DispiderNode):
                                                   RELIABLE, callback_group=self.input_group)
         self.trigger_sub = self.create_subscription(Trigger, "trigger", self._on_trigger,
                                                     RELIABLE_INPUT, callback_group=self.control_group)
+        self.cancel_sub = self.create_subscription(Query, "query_cancel", self._on_cancel,
+                                                   RELIABLE_INPUT, callback_group=self.control_group)
 
     def deactivate_io(self) -> None:
-        for name in ("trigger_sub", "frame_sub"):
+        for name in ("cancel_sub", "trigger_sub", "frame_sub"):
             subscription = getattr(self, name)
             if subscription is not None:
                 self.destroy_subscription(subscription)
@@ -146,6 +149,17 @@ class ReactionNode(DispiderNode):
                     trigger_id=msg.trigger_id, query_id=msg.query_id, camera_id=msg.camera_id,
                     final=True, ttft_sec=math.nan, error_code=ErrorCode.NOT_STARTED,
                     error=f"{type(error).__name__}: {error}"))
+
+    def _on_cancel(self, msg: Query) -> None:
+        """A query the decision node canceled: stop its running answer (within one decode
+        step) and end its waiting triggers, each with a final CANCELED."""
+        engine = self.engine
+        if engine is None:
+            return
+        if not msg.cancel:
+            self.health.fault("cancel", f"query_cancel for {msg.query_id!r} without cancel=true ignored")
+            return
+        engine.cancel(msg.query_id)
 
     def _on_response(self, event: ResponseEvent) -> None:
         """Worker thread: publish chunks on the stream, finals on response (+ text mirror)."""
