@@ -1,10 +1,15 @@
-"""Everything but the node adapters imports with rclpy (and every ROS module) unavailable."""
+"""Everything but the ROS side imports with rclpy (and every ROS module) unavailable.
+
+The ROS side: the node adapters (`nodes`), the action client (`client`) and the runnable
+`examples`, besides the generated messages."""
 import pkgutil
 import subprocess
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+ROS_SIDE = ("dispider_ros.nodes", "dispider_ros.msg", "dispider_ros.action", "dispider_ros.client",
+            "dispider_ros.examples")
 
 BLOCKER = r"""
 import importlib.abc, sys
@@ -25,7 +30,7 @@ print(len(sys.argv) - 1)
 def _ros_free_modules():
     names = []
     for info in pkgutil.walk_packages([str(REPO / "dispider_ros")], prefix="dispider_ros."):
-        if info.name.startswith(("dispider_ros.nodes", "dispider_ros.msg")):
+        if info.name.startswith(ROS_SIDE):
             continue
         if info.name.endswith("__main__"):
             continue
@@ -42,10 +47,11 @@ def test_core_models_and_eval_import_without_ros():
     assert int(out.stdout.strip()) == len(modules)
 
 
-def test_no_rclpy_import_outside_nodes():
+def test_no_rclpy_import_outside_the_ros_side():
     offenders = []
     for path in (REPO / "dispider_ros").rglob("*.py"):
-        if "nodes" in path.relative_to(REPO / "dispider_ros").parts:
+        relative = path.relative_to(REPO / "dispider_ros")
+        if {"nodes", "examples"} & set(relative.parts) or relative == Path("client.py"):
             continue
         for line in path.read_text().splitlines():
             if line.strip().startswith(("import rclpy", "from rclpy")):

@@ -1,0 +1,1 @@
+"""Runnable examples (`python -m dispider_ros.examples.<name>`)."""
