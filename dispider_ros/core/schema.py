@@ -153,6 +153,9 @@ REACTION = _common("reaction_node", "video-LLM answering triggers (Qwen2-VL / Qw
     Param("temperature", 0.0, "sampling temperature; 0 = greedy", 0.0, 5.0, live=True),
     Param("preempt_same_query", True, "a newer trigger for a query stops its stale answer "
           "(the new answer names the one it revises)"),
+    Param("overlay", False, "publish `overlay` (sensor_msgs/Image, rgb8, the frame's header): "
+          "each sampled frame with the questions, the last trigger and the streaming answer "
+          "drawn on it, for RViz and Foxglove (about 0.5 ms per 640x480 frame)"),
 )
 
 PARAMS: Dict[str, Tuple[Param, ...]] = {

@@ -9,6 +9,8 @@ import queue
 import threading
 from typing import Any, Dict, Optional
 
+from rclpy.qos import QoSProfile, QoSReliabilityPolicy
+from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
 from dispider_ros import compose
@@ -17,13 +19,17 @@ from dispider_ros.core.types import ErrorCode, ResponseEvent
 from dispider_ros.imaging import ConversionConfig, ImageError
 from dispider_ros.msg import Query, Response, SampledImage, Trigger
 from dispider_ros.nodes.base import RELIABLE, RELIABLE_INPUT, DispiderNode, run
-from dispider_ros.nodes.convert import response_to_msg, trigger_from_msg
+from dispider_ros.nodes.convert import response_to_msg, to_sec, trigger_from_msg
 from dispider_ros.nodes.sampled_image import frame_from_msg
+from dispider_ros.overlay import OverlayState, draw as draw_overlay
 
 GENERATION = ("max_new_tokens", "min_new_tokens", "temperature")
 # Sampled frames waiting to be encoded into memory; at 2 fps this is half a minute of
 # backlog (a link that comes back after an outage), beyond which the oldest are dropped.
 FRAME_BACKLOG = 64
+# Overlay images for viewers: reliable (RViz's default subscription matches it, and so does
+# a best-effort one), the latest frame only.
+OVERLAY_QOS = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE)
 
 
 class ReactionNode(DispiderNode):
@@ -41,6 +47,10 @@ class ReactionNode(DispiderNode):
         self._frames: "queue.Queue[Optional[SampledImage]]" = queue.Queue(maxsize=FRAME_BACKLOG)
         self._ingest_thread: Optional[threading.Thread] = None
         self.frames_backlog_dropped = 0
+        self.overlay: Optional[OverlayState] = None  # overlay on: what it draws
+        self.overlay_pub = None
+        self.overlay_inputs: list = []
+        self.overlays_published = 0
 
     def configure_core(self, settings: Dict[str, Any]) -> None:
         self.vlm = compose.load_reaction_vlm(settings)
@@ -49,6 +59,9 @@ class ReactionNode(DispiderNode):
         self.stream_pub = self.create_lifecycle_publisher(Response, "response_stream", RELIABLE)
         self.text_pub = self.create_lifecycle_publisher(String, "response_text", RELIABLE)
         self.engine = compose.reaction_stage(settings, self._on_response, self.vlm)
+        if settings["overlay"]:
+            self.overlay = OverlayState()
+            self.overlay_pub = self.create_lifecycle_publisher(Image, "overlay", OVERLAY_QOS)
 
     def activate_io(self) -> None:
         self._ingest_thread = threading.Thread(target=self._ingest_loop, name="frame-ingest",
@@ -60,6 +73,12 @@ class ReactionNode(DispiderNode):
                                                     RELIABLE_INPUT, callback_group=self.control_group)
         self.cancel_sub = self.create_subscription(Query, "query_cancel", self._on_cancel,
                                                    RELIABLE_INPUT, callback_group=self.control_group)
+        if self.overlay is not None:  # the overlay lists questions before their first trigger
+            self.overlay_inputs = [
+                self.create_subscription(Query, "query", self._on_overlay_query, RELIABLE_INPUT,
+                                         callback_group=self.control_group),
+                self.create_subscription(String, "query_text", self._on_overlay_query_text,
+                                         RELIABLE_INPUT, callback_group=self.control_group)]
 
     def deactivate_io(self) -> None:
         for name in ("cancel_sub", "trigger_sub", "frame_sub"):
@@ -67,6 +86,9 @@ class ReactionNode(DispiderNode):
             if subscription is not None:
                 self.destroy_subscription(subscription)
                 setattr(self, name, None)
+        inputs, self.overlay_inputs = self.overlay_inputs, []
+        for subscription in inputs:
+            self.destroy_subscription(subscription)
         thread, self._ingest_thread = self._ingest_thread, None
         if thread is not None:
             self._put_frame(None)  # wakes the worker to stop
@@ -81,11 +103,12 @@ class ReactionNode(DispiderNode):
         if self.vlm is not None:
             self.vlm.close()
             self.vlm = None
-        for name in ("final_pub", "stream_pub", "text_pub"):
+        for name in ("final_pub", "stream_pub", "text_pub", "overlay_pub"):
             publisher = getattr(self, name)
             if publisher is not None:
                 self.destroy_lifecycle_publisher(publisher)
                 setattr(self, name, None)
+        self.overlay = None
 
     def check_live(self, updates: Dict[str, Any]) -> None:
         merged = {**self.settings, **updates}
@@ -128,16 +151,54 @@ class ReactionNode(DispiderNode):
             if engine is None:
                 continue
             try:
-                engine.ingest(frame_from_msg(msg, self.conversion))
+                frame = frame_from_msg(msg, self.conversion)
+                engine.ingest(frame)
             except ImageError as error:
                 self.health.fault(f"image_{error.kind}", f"{msg.camera_id}: {error}")
+                continue
             except Exception as error:  # the worker must survive anything a frame does
                 self.health.fault("ingest", f"{type(error).__name__}: {error}")
+                continue
+            self._publish_overlay(msg, frame.image)
+
+    def _publish_overlay(self, msg: SampledImage, rgb) -> None:
+        """Ingest worker (overlay on): the sampled frame with the questions, the last trigger
+        and the answer drawn on it, with the frame's header; at most one per sampled frame."""
+        overlay, publisher = self.overlay, self.overlay_pub
+        if overlay is None or publisher is None:
+            return
+        try:
+            image = draw_overlay(rgb, overlay.view(to_sec(msg.header.stamp)))  # (H, W, 3) RGB
+        except Exception as error:  # a drawing fault must not stop the memory's intake
+            self.health.fault("overlay", f"{type(error).__name__}: {error}")
+            return
+        height, width = image.shape[:2]
+        publisher.publish(Image(header=msg.header, height=height, width=width, encoding="rgb8",
+                                is_bigendian=0, step=width * 3, data=image.tobytes()))
+        self.overlays_published += 1
+
+    def _on_overlay_query(self, msg: Query) -> None:
+        overlay = self.overlay
+        if overlay is None:
+            return
+        if msg.cancel:
+            overlay.on_cancel(msg.query_id)
+            return
+        overlay.on_query(msg.query_id, msg.text, msg.mode, to_sec(msg.header.stamp),
+                         float(msg.expiry_sec), int(msg.max_responses))
+
+    def _on_overlay_query_text(self, msg: String) -> None:
+        overlay = self.overlay
+        if overlay is not None:
+            overlay.on_query("", msg.data)
 
     def _on_trigger(self, msg: Trigger) -> None:
         engine = self.engine
         if engine is None:
             return
+        overlay = self.overlay
+        if overlay is not None:  # before submit: its answer's chunks follow
+            overlay.on_trigger(trigger_from_msg(msg))
         try:
             engine.submit(trigger_from_msg(msg))
         except (ValueError, TypeError, RuntimeError) as error:
@@ -160,10 +221,16 @@ class ReactionNode(DispiderNode):
             self.health.fault("cancel", f"query_cancel for {msg.query_id!r} without cancel=true ignored")
             return
         engine.cancel(msg.query_id)
+        overlay = self.overlay
+        if overlay is not None:
+            overlay.on_cancel(msg.query_id)
 
     def _on_response(self, event: ResponseEvent) -> None:
         """Worker thread: publish chunks on the stream, finals on response (+ text mirror)."""
         message = response_to_msg(event)
+        overlay = self.overlay
+        if overlay is not None:
+            overlay.on_response(event)
         if not event.final:
             self.stream_pub.publish(message)
             return
@@ -178,6 +245,8 @@ class ReactionNode(DispiderNode):
         values: Dict[str, Any] = {"model": self.resolved.get("model", ""),
                                   "frames_backlog": self._frames.qsize(),
                                   "frames_backlog_dropped": self.frames_backlog_dropped}
+        if self.overlay is not None:
+            values["overlays_published"] = self.overlays_published
         engine = self.engine
         if engine is not None:
             values.update(engine.stats())
