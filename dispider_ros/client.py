@@ -31,9 +31,6 @@ from dispider_ros.core.asks import Outcome
 from dispider_ros.core.types import ErrorCode
 
 _STATUS = {4: "succeeded", 5: "canceled", 6: "aborted"}  # action_msgs/GoalStatus values
-# The result and the feedback travel apart (a service response and a topic): a result is
-# held back until the feedback of each final it lists has come through, at most this long.
-FEEDBACK_GRACE_SEC = 2.0
 
 
 class AskError(RuntimeError):
@@ -108,6 +105,7 @@ class AskHandle:
         self._result: Optional[AskResult] = None
         self._failure: Optional[AskError] = None
         self._finals_seen: set = set()  # response ids whose final feedback came through
+        self._streamed: dict = {}  # response id -> text of its chunks seen
         self._finished = False
         self.query_id = ""  # known from the first feedback (or the result)
         self.sent_at = time.monotonic()
@@ -181,16 +179,18 @@ class AskHandle:
             on_feedback(feedback)
         if feedback.kind == feedback.KIND_TRIGGER and on_trigger is not None:
             on_trigger(feedback.trigger)
-        elif feedback.kind == feedback.KIND_CHUNK and on_chunk is not None:
+        elif feedback.kind == feedback.KIND_CHUNK:
             r = feedback.response
-            on_chunk(Chunk(r.text, feedback.text_so_far, r.response_id, r.trigger_id, r.query_id,
-                           r.sequence, r.token_count, r.ttft_sec))
+            with self._lock:
+                self._streamed[r.response_id] = feedback.text_so_far
+            if on_chunk is not None:
+                on_chunk(Chunk(r.text, feedback.text_so_far, r.response_id, r.trigger_id,
+                               r.query_id, r.sequence, r.token_count, r.ttft_sec))
         elif feedback.kind == feedback.KIND_FINAL:
-            if on_answer is not None:
-                on_answer(feedback.response)
             with self._lock:
                 self._finals_seen.add(feedback.response.response_id)
-            self._finish_if_complete()
+            if on_answer is not None:
+                on_answer(feedback.response)
 
     def _on_result(self, future) -> None:
         try:
@@ -208,20 +208,27 @@ class AskHandle:
             self._result = result
             if not result.succeeded:
                 self._failure = AskError(result.outcome, result.error_code, result.error, result)
-        if not self._finish_if_complete():
-            grace = threading.Timer(FEEDBACK_GRACE_SEC, self._finish)
-            grace.daemon = True
-            grace.start()
+        self._complete_from(result)
+        self._finish()
 
-    def _finish_if_complete(self) -> bool:
-        """Finish once the result is in and every final it lists was seen as feedback."""
-        with self._lock:
-            result = self._result
-            complete = result is not None and all(
-                r.response_id in self._finals_seen for r in result.responses)
-        if complete:
-            self._finish()
-        return complete
+    def _complete_from(self, result: AskResult) -> None:
+        """rclpy drops feedback that comes after the result (a topic and a service do not
+        keep order): each final the result lists that was not seen as feedback still reaches
+        the callbacks, after a chunk with the rest of its text."""
+        _, on_chunk, on_answer, _ = self._callbacks
+        for final in result.responses:
+            with self._lock:
+                if final.response_id in self._finals_seen:
+                    continue
+                self._finals_seen.add(final.response_id)
+                streamed = self._streamed.get(final.response_id, "")
+            if on_chunk is not None and len(final.text) > len(streamed) \
+                    and final.text.startswith(streamed):
+                on_chunk(Chunk(final.text[len(streamed):], final.text, final.response_id,
+                               final.trigger_id, final.query_id, final.sequence,
+                               final.token_count, final.ttft_sec))
+            if on_answer is not None:
+                on_answer(final)
 
     def _fail(self, error: AskError) -> None:
         self._failure = error
@@ -352,7 +359,6 @@ class AskClient:
         end = object()
         handle = self.ask_async(text, on_chunk=items.put, on_done=lambda _: items.put(end), **goal)
         deadline = time.monotonic() + timeout
-        sent: dict = {}  # response id -> text yielded so far
         try:
             while True:
                 try:
@@ -362,16 +368,7 @@ class AskClient:
                                      f"the question did not end within {timeout} s; it was canceled") from None
                 if item is end:
                     break
-                sent[item.response_id] = sent.get(item.response_id, "") + item.text
                 yield item
-            # A chunk lost on the way (feedback keeps the latest few) still reaches the
-            # caller: the tail of each final that the chunks did not carry.
-            for final in (handle._result.responses if handle._result else []):
-                got = sent.get(final.response_id, "")
-                if len(final.text) > len(got) and final.text.startswith(got):
-                    yield Chunk(final.text[len(got):], final.text, final.response_id,
-                                final.trigger_id, final.query_id, final.sequence,
-                                final.token_count, final.ttft_sec)
             handle.result(0)  # raises for a question that did not succeed
         finally:
             if not handle.done():

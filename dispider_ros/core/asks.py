@@ -88,6 +88,7 @@ class _Goal:
     query: Optional[ActiveQuery] = None  # None until the core accepted it
     pending: Dict[str, float] = field(default_factory=dict)  # trigger_id -> last progress
     texts: Dict[str, str] = field(default_factory=dict)  # response_id -> text so far
+    chunks: Dict[str, int] = field(default_factory=dict)  # response_id -> chunks seen
     finished: set = field(default_factory=set)  # response ids whose final arrived
     finals: List[Any] = field(default_factory=list)  # the caller's final payloads, in order
     failure: Optional[Tuple[ErrorCode, str]] = None  # the first failed final
@@ -119,9 +120,13 @@ class AskTracker:
             self._by_query[query_id] = goal
 
     def started(self, key: Hashable, query: ActiveQuery) -> None:
-        """The decision core accepted the goal's query (the object it holds)."""
+        """The decision core accepted the goal's query (the object it holds). Call it after
+        the triggers add_query fired at once went through trigger(): until then the goal
+        cannot end (a `now` query has left the core by the time add_query returns)."""
         with self._lock:
-            self._goals[key].query = query
+            goal = self._goals.get(key)
+            if goal is not None:  # else ended meanwhile (end_all)
+                goal.query = query
 
     def forget(self, key: Hashable) -> None:
         """Drop a goal that never started (its query was refused)."""
@@ -165,12 +170,15 @@ class AskTracker:
             if trigger_id in goal.pending:
                 goal.pending[trigger_id] = now
             goal.texts[response_id] = goal.texts.get(response_id, "") + text
+            goal.chunks[response_id] = goal.chunks.get(response_id, 0) + 1
             return goal.key, goal.texts[response_id]
 
     def final(self, query_id: str, trigger_id: str, response_id: str, error_code: int,
-              error: str, payload: Any, now: float) -> Optional[Hashable]:
+              error: str, payload: Any, now: float) -> Optional[Tuple[Hashable, str, int]]:
         """A final answer (payload: what the result lists, e.g. the Response message);
-        returns its goal or None."""
+        returns (its goal, the text and the number of its chunks seen before it) or None.
+        Chunks and finals travel on two topics: a chunk that comes after its final is
+        dropped (the final holds the whole text)."""
         with self._lock:
             if trigger_id:  # the decision node's own refusals carry no trigger
                 self._heard = now
@@ -178,7 +186,7 @@ class AskTracker:
             if goal is None or response_id in goal.finished:
                 return None
             goal.finished.add(response_id)
-            goal.texts.pop(response_id, None)
+            before = goal.texts.pop(response_id, ""), goal.chunks.pop(response_id, 0)
             goal.pending.pop(trigger_id, None)
             goal.finals.append(payload)
             try:
@@ -187,7 +195,7 @@ class AskTracker:
                 code = ErrorCode.GENERATION_FAILED
             if code not in NOT_FAILURES and goal.failure is None:
                 goal.failure = (code, f"answer {response_id} failed: {error}")
-            return goal.key
+            return (goal.key,) + before
 
     def heard(self, now: float) -> None:
         """Something came from the reaction side (it is alive and making progress)."""

@@ -9,7 +9,8 @@
         namespace:=assistant ...), which has its own camera.
 
 It asks a present question (blocking), streams another, asks a proactive one that is
-answered at the next scene changes (callbacks), and cancels an answer mid-stream.
+answered at the next scene changes (callbacks), cancels an answer mid-stream and a
+proactive question that is still waiting.
 """
 from __future__ import annotations
 
@@ -125,7 +126,8 @@ def show(assistant: AskClient) -> None:
     result = narration.result(timeout=180)
     print(f"  ended: {result.outcome.name} with {len(result.answers)} answer(s)")
 
-    # 4. Cancel an answer while it streams: it stops within one decode step.
+    # 4. Cancel an answer while it streams: it stops within one decode step (an answer of
+    #    the tiny model takes tens of milliseconds, so it may be complete before the cancel).
     first_chunk = threading.Event()
     handle = assistant.ask_async("Describe everything you see in detail.", mode="now",
                                  on_chunk=lambda c: first_chunk.set())
@@ -133,10 +135,16 @@ def show(assistant: AskClient) -> None:
         canceled_at = time.monotonic()
         result = handle.cancel(timeout=30)
         stopped = result.responses[-1] if result and result.responses else None
-        print(f"[cancel] {result.status if result else 'no result'}: "
+        print(f"[cancel streaming] {result.status if result else 'no result'}: "
               f"{ErrorCode(stopped.error_code).name if stopped else '-'} after "
               f"{stopped.token_count if stopped else 0} tokens, "
               f"{time.monotonic() - canceled_at:.3f} s from cancel to result")
+
+    # 5. Cancel a proactive question that is still waiting for its event.
+    waiting = assistant.ask_async("Tell me when a red car drives by.", mode="match", expiry_sec=600)
+    result = waiting.cancel(timeout=30)
+    print(f"[cancel waiting] {result.status}: {result.outcome.name}, "
+          f"{ErrorCode(result.error_code).name}, {len(result.responses)} answer(s)")
 
 
 def main(argv=None) -> int:

@@ -120,12 +120,24 @@ class AskServer:
                                              response=msg, text_so_far=text))
 
     def _on_final(self, msg: Response) -> None:
-        key = self.tracker.final(msg.query_id, msg.trigger_id, msg.response_id, msg.error_code,
+        hit = self.tracker.final(msg.query_id, msg.trigger_id, msg.response_id, msg.error_code,
                                  msg.error, msg, time.monotonic())
-        if key is not None:
-            self._feedback(key, Ask.Feedback(kind=Ask.Feedback.KIND_FINAL, query_id=msg.query_id,
-                                             response=msg, text_so_far=msg.text))
-            self.update()
+        if hit is None:
+            return
+        key, streamed, chunks = hit
+        if len(msg.text) > len(streamed) and msg.text.startswith(streamed):
+            # Its last chunks are still on their way (`response_stream` and `response` are two
+            # topics): one chunk stands in for them, so feedback chunks add up to the final.
+            tail = Response(header=msg.header, response_id=msg.response_id,
+                            trigger_id=msg.trigger_id, query_id=msg.query_id,
+                            camera_id=msg.camera_id, text=msg.text[len(streamed):], final=False,
+                            sequence=chunks, revises_response_id=msg.revises_response_id,
+                            ttft_sec=msg.ttft_sec, token_count=msg.token_count)
+            self._feedback(key, Ask.Feedback(kind=Ask.Feedback.KIND_CHUNK, query_id=msg.query_id,
+                                             response=tail, text_so_far=msg.text))
+        self._feedback(key, Ask.Feedback(kind=Ask.Feedback.KIND_FINAL, query_id=msg.query_id,
+                                         response=msg, text_so_far=msg.text))
+        self.update()
 
     # -- the action ------------------------------------------------------------------------
     def _refusal(self) -> Optional[str]:
@@ -185,9 +197,11 @@ class AskServer:
             kind = getattr(error, "reason", "invalid")
             node.health.fault(f"query_{kind}", f"ask goal {query_id!r} rejected: {error}")
             return str(error)
-        self.tracker.started(key, query)
         node.get_logger().info(f"ask goal: query {query_id!r} mode={query.mode}: {query.spec.text!r}")
+        # Its immediate triggers become pending first: a `now` query has already left the
+        # core (completed), and the goal must not end before its answer does.
         node.publish_triggers(triggers)
+        self.tracker.started(key, query)
         return None
 
     def _on_cancel(self, handle) -> CancelResponse:

@@ -27,7 +27,7 @@ def test_a_now_goal_ends_answered_once_its_final_arrives(registry):
     assert tracker.ended(now=0.1) == []  # ... but its answer is still pending
     assert tracker.chunk(qid, "t1", "r1", "A red ", now=0.2) == ("g", "A red ")
     assert tracker.chunk(qid, "t1", "r1", "cup.", now=0.3) == ("g", "A red cup.")
-    assert tracker.final(qid, "t1", "r1", ErrorCode.OK, "", "final-1", now=0.4) == "g"
+    assert tracker.final(qid, "t1", "r1", ErrorCode.OK, "", "final-1", now=0.4) == ("g", "A red cup.", 2)
     assert tracker.finals("g") == ["final-1"]
     ((key, end),) = tracker.ended(now=0.5)
     assert key == "g" and end.outcome == Outcome.ANSWERED and end.succeeded and len(tracker) == 0
@@ -113,6 +113,8 @@ def test_end_all_and_unknown_queries(registry):
     tracker.cancel("h")
     assert tracker.trigger("someone-else", "t9", now=0.0) is None
     assert tracker.final("someone-else", "t9", "r9", 0, "", None, now=0.0) is None
+    assert tracker.final("q-g", "t1", "r1", 0, "", "f", now=0.0) == ("g", "", 0)  # no chunk seen
+    assert tracker.final("q-g", "t1", "r1", 0, "", "f", now=0.0) is None  # once per answer
     ends = dict(tracker.end_all(ErrorCode.SHUTDOWN, "decision node deactivated"))
     assert ends["g"].outcome == Outcome.ABORTED and ends["g"].error_code == ErrorCode.SHUTDOWN
     assert ends["h"].outcome == Outcome.CANCELED and ends["h"].by_client
