@@ -59,6 +59,23 @@ def test_response_error_codes_are_the_core_error_codes():
     assert in_msg == {code.name: code.value for code in ErrorCode}
 
 
+def test_ask_action_outcomes_are_the_core_outcomes():
+    """Ask.Result's OUTCOME_* constants are core.asks.Outcome, both directions; its
+    error_code and the feedback's response use the Response codes."""
+    require_ros()
+    from dispider_ros.action import Ask
+    from dispider_ros.core.asks import Outcome
+
+    in_action = {name[len("OUTCOME_"):]: getattr(Ask.Result, name) for name in dir(Ask.Result)
+                 if name.startswith("OUTCOME_")}
+    assert in_action == {outcome.name: outcome.value for outcome in Outcome}
+    fields = Ask.Result.get_fields_and_field_types()
+    assert fields["error_code"] == "uint8" and fields["responses"] == "sequence<dispider_ros/Response>"
+    assert {Ask.Feedback.KIND_TRIGGER, Ask.Feedback.KIND_CHUNK, Ask.Feedback.KIND_FINAL} == {0, 1, 2}
+    assert list(Ask.Goal.get_fields_and_field_types()) == [
+        "text", "mode", "cameras", "max_responses", "expiry_sec", "threshold"]
+
+
 PUBLISHER = r"""
 import sys, time
 sys.path.insert(0, sys.argv[1])
