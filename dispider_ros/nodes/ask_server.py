@@ -144,13 +144,15 @@ class AskServer:
         node = self.node
         if node.state_label != "active" or node.core is None:
             name = node.get_fully_qualified_name()
-            return (f"{name} is {node.state_label}, not active: activate it "
-                    f"(ros2 lifecycle set {name} activate) or start it with autostart:=true")
+            steps = "activate" if node.state_label == "inactive" else "configure, then activate"
+            return (f"{name} is {node.state_label}, not active: {steps} it "
+                    f"(ros2 lifecycle set {name} ...) or start it with autostart:=true")
         return None
 
     async def _execute(self, handle):
         key = bytes(handle.goal_id.uuid)
         if handle.is_cancel_requested:  # canceled before it started
+            self.outcomes[Outcome.CANCELED] += 1
             handle.canceled()
             return self._result(AskEnd(Outcome.CANCELED, ErrorCode.CANCELED, "canceled before it started"))
         query_id, refusal = "", self._refusal()
