@@ -136,6 +136,7 @@ class _Observer:
         self.lock = threading.Lock()
         self.features: List[Tuple[str, float]] = []
         self.received: List[Tuple[float, int]] = []  # (monotonic, frames_received)
+        self.values: Dict[str, str] = {}  # the latest diagnostics of the node
         self.name = f"{namespace}/perception_node"
         node.create_subscription(FrameFeature, f"{namespace}/features", self._on_feature,
                                  QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
@@ -153,6 +154,7 @@ class _Observer:
             if "frames_received" in values:
                 with self.lock:
                     self.received.append((time.monotonic(), int(float(values["frames_received"]))))
+                    self.values = values
 
 
 def drive_main(namespace: str, cases: List[Case], sample_fps: float, match_timeout: float) -> None:
@@ -203,8 +205,18 @@ def drive_main(namespace: str, cases: List[Case], sample_fps: float, match_timeo
             with observer.lock:
                 features = [s for c, s in observer.features if c == case.topic]
                 received = list(observer.received)
+                values = dict(observer.values)
             report.update(_case_result(case, fps, sample_fps, features, received, report,
                                        window_end, t_window, t_end))
+            # the node's own account of this camera (sampler counters, reliability, drops)
+            report["node"] = {k.split("/")[-1] if k.startswith(case.topic + "/") else k: v
+                              for k, v in values.items() if k.startswith(case.topic + "/") or k in (
+                                  "frames_dropped_latest_policy", "frames_converted", "queue_lag_ms")}
+            # where sampling skipped a grid point: gaps between features of 1.5 periods or more
+            ordered = sorted(features)
+            report["feature_gaps_sec"] = [
+                (round(a - report["window_start"], 2), round(b - a, 2))
+                for a, b in zip(ordered, ordered[1:]) if b - a >= 1.5 / sample_fps]
             print(json.dumps(report), flush=True)
     finally:
         stop.set()
@@ -277,10 +289,11 @@ def installed_profile() -> Path:
     return installed if installed and installed.is_file() else PROFILE
 
 
-def settings() -> Dict[str, Dict[str, str]]:
+def settings(profile: Optional[Path] = None) -> Dict[str, Dict[str, str]]:
     """The DDS settings the intake section compares (for publisher AND node): ours (the
     shipped profile, nothing else set), and plain defaults (nothing set at all)."""
-    return {"ours": {**_UNSET, "FASTDDS_DEFAULT_PROFILES_FILE": str(installed_profile())},
+    profile = profile or installed_profile()
+    return {"ours": {**_UNSET, "FASTDDS_DEFAULT_PROFILES_FILE": str(profile)},
             "defaults": dict(_UNSET)}
 
 
@@ -443,7 +456,7 @@ def run_setting(label: str, overrides: Dict[str, str], seconds: float, warmup: f
 
 
 def run(quick: bool, log_dir: Optional[Path] = None, node_source: Optional[Path] = None,
-        only: Optional[List[str]] = None) -> Dict:
+        only: Optional[List[str]] = None, profile: Optional[Path] = None) -> Dict:
     """Both DDS settings (ours, then plain defaults) x the four cases."""
     seconds, warmup = (8.0, 2.0) if quick else (30.0, 3.0)
     log_dir = log_dir or Path(tempfile.mkdtemp(prefix="bench_intake_"))
@@ -456,7 +469,7 @@ def run(quick: bool, log_dir: Optional[Path] = None, node_source: Optional[Path]
         "sampled_ratio": "features with stamps in the window / sample_fps grid points in it",
         "received_per_sec": "perception's frames_received (/diagnostics) over the window",
         "logs": str(log_dir)}}
-    for label, overrides in settings().items():
+    for label, overrides in settings(profile).items():
         if only and label not in only:
             continue
         out[label] = run_setting(label, overrides, seconds, warmup, log_dir, node_source)
@@ -472,6 +485,8 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="8 s windows instead of 30 s")
     parser.add_argument("--node-source", type=Path, help="run perception_node from this source "
                         "tree (PYTHONPATH) instead of the installed executable")
+    parser.add_argument("--profile", type=Path, help="Fast DDS profile of 'ours' (default: the "
+                        "shipped config/fastdds_large_images.xml)")
     parser.add_argument("--settings", nargs="+", choices=["ours", "defaults"],
                         help="DDS settings to run (default both)")
     sub = parser.add_subparsers(dest="command")
@@ -505,7 +520,8 @@ def main(argv=None) -> int:
         if args.out:
             args.out.write_text(json.dumps(rows, indent=1) + "\n")
     else:
-        print(json.dumps(run(args.quick, node_source=args.node_source, only=args.settings), indent=1))
+        print(json.dumps(run(args.quick, node_source=args.node_source, only=args.settings,
+                             profile=args.profile), indent=1))
     return 0
 
 
