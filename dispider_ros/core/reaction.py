@@ -119,7 +119,8 @@ class _Job:
     submitted: float  # perf_counter at submit()
     revises: str = ""
     stop: threading.Event = field(default_factory=threading.Event)
-    preempted_by: str = ""
+    preempted_by: str = ""  # the newer trigger's id (may be ""; `preempted` says whether)
+    preempted: bool = False
     canceled: bool = False  # its query was canceled: stop, final CANCELED
 
 
@@ -210,7 +211,7 @@ class ReactionEngine:
                 if self.config.preempt_same_query else None
             if self.config.preempt_same_query and current is not None and same(current) \
                     and not current.stop.is_set():
-                current.preempted_by = trigger.trigger_id
+                current.preempted_by, current.preempted = trigger.trigger_id, True
                 current.stop.set()
                 job.revises = current.response_id
                 self.counts["preempted"] += 1
@@ -339,7 +340,7 @@ class ReactionEngine:
         started = time.perf_counter()
         evidence = self._await_evidence(trigger, job.stop)
         if job.stop.is_set():  # revised, canceled or closed before it started
-            if job.preempted_by:
+            if job.preempted:
                 code, error, reason = (ErrorCode.TRIGGER_SUPERSEDED,
                                        f"superseded by trigger {job.preempted_by}", "preempted")
             elif job.canceled:
@@ -386,7 +387,7 @@ class ReactionEngine:
                         "lower max_tokens or max_new_tokens if it recurs", trigger.trigger_id)
         if failed:
             return
-        stop_reason = "preempted" if job.preempted_by else \
+        stop_reason = "preempted" if job.preempted else \
             "canceled" if job.canceled and result.stop_reason == "stopped" else result.stop_reason
         ttft = (first_chunk[0] - job.submitted) if first_chunk else \
             (started - job.submitted + result.ttft_sec)
@@ -396,17 +397,17 @@ class ReactionEngine:
                   "tokens_per_sec": result.tokens_per_sec, "duration_sec": result.duration_sec,
                   "frames_in_prompt": sum(isinstance(it, FrameTokens) for it in items),
                   "evidence_in_memory": evidence}
-        if job.preempted_by:
+        if job.preempted:
             extras["preempted_by"] = job.preempted_by
         with self._stats_lock:
             self.counts["answered"] += 1
             self._last.update(ttft_sec=ttft, tokens_per_sec=result.tokens_per_sec,
                               prompt_tokens=result.prompt_tokens, reused_tokens=result.reused_tokens)
-        if self.config.remember_dialogue and not job.preempted_by and not job.canceled \
+        if self.config.remember_dialogue and not job.preempted and not job.canceled \
                 and not self._closing:
             self._remember(trigger, result.text)
         code, error = ErrorCode.OK, ""
-        if job.preempted_by:  # a partial answer: the next final revises it
+        if job.preempted:  # a partial answer: the next final revises it
             code, error = ErrorCode.PREEMPTED, f"preempted by trigger {job.preempted_by}"
         elif job.canceled and result.stop_reason == "stopped":
             code, error = ErrorCode.CANCELED, f"query {trigger.query_id} canceled while answering"

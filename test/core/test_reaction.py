@@ -1,5 +1,6 @@
 """Reaction engine on the tiny Qwen2-VL: streaming, pre-emption, errors, non-blocking ingest."""
 import threading
+import time
 from contextlib import contextmanager
 
 import numpy as np
@@ -121,6 +122,24 @@ def test_streamed_chunks_concatenate_to_the_final_answer(engine_factory):
     stats = engine.stats()
     assert stats["answered"] == 1 and stats["frames_ingested"] == 4 and stats["queue_depth"] == 0
     assert stats["last_ttft_sec"] == final.ttft_sec and stats["last_tokens_per_sec"] > 0
+
+
+def test_a_trigger_waiting_for_evidence_preempted_by_an_empty_trigger_id_is_superseded(engine_factory):
+    """Found by the storm fuzz: a revision whose trigger id is "" still counts as one."""
+    engine, sink = engine_factory(evidence_timeout_sec=WAIT)
+    waiting = engine.submit(trigger(1, query="A", stamp=5.0))  # frame 5 is not there yet
+    deadline = time.monotonic() + WAIT
+    while not engine.stats()["busy"]:  # the worker holds it, waiting for its evidence
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    revision = engine.submit(TriggerEvent(
+        trigger_id="", query_id="A", query_text="What now?", camera_id="cam", policy="now",
+        score=1.0, stamp=0.0, frame_index=0, clip_index=0, clip_start=0.0, clip_end=0.0))
+    engine.ingest(frame(5))
+    stale = sink.wait_final(waiting)
+    assert stale.error_code == ErrorCode.TRIGGER_SUPERSEDED and stale.extras["preempted_by"] == ""
+    assert stale.extras["stop_reason"] == "preempted"
+    assert sink.wait_final(revision).error_code == ErrorCode.OK
 
 
 def test_newer_trigger_for_same_query_preempts_and_names_the_revised_answer(engine_factory, vlm):
