@@ -30,14 +30,15 @@ test: setup
 demo: setup
 	$(PY) -m dispider_ros.nodes.demo
 
+# Results go to build/bench-results/; RECORD=1 rewrites the committed bench/results/.
 bench-quick: setup
-	$(PY) -m bench --quick
+	$(PY) -m bench --quick $(if $(RECORD),--record)
 
 bench: setup
-	$(PY) -m bench
+	$(PY) -m bench $(if $(RECORD),--record)
 
 soak: setup
-	$(PY) -m bench.soak
+	$(PY) -m bench.soak $(if $(RECORD),--record)
 
 clean:
 	rm -rf build *.egg-info $(VENV)

@@ -1,8 +1,9 @@
 """Run the benchmark suite: `python -m bench --quick` (< 60 s) or `python -m bench` (< 10 min).
 
 Prints a table (each figure beside its baseline, target met/missed), writes
-bench/results/{quick,full}.json and the figures (bench/results/p4_bounded_cost.png,
-p3_ttft.png; `_quick` suffix for the quick run). See bench/README.md.
+{quick,full}.json and the figures (p4_bounded_cost.png, p3_ttft.png; `_quick` suffix for the
+quick run) to build/bench-results/ -- or, with --record (make bench-quick RECORD=1), to the
+committed reference results in bench/results/. See bench/README.md.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import REPO, RESULTS
+from bench.common import REPO, results_dir
 
 
 def _env() -> None:
@@ -40,7 +41,10 @@ def _clean(value):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short windows, few repeats (< 60 s)")
-    parser.add_argument("--out", type=Path, default=None, help="results JSON (default bench/results/)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results JSON (default: build/bench-results/, or bench/results/ with --record)")
+    parser.add_argument("--record", action="store_true",
+                        help="write the committed reference results in bench/results/ (make bench-quick RECORD=1)")
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SEC",
                         help="first wait up to SEC seconds for a 1-minute load average < 0.5")
     parser.add_argument("--only", default="", help="comma list of sections: p1,p3,p4,p5,p6,intake (p1 runs P2 too)")
@@ -55,7 +59,8 @@ def main(argv=None) -> int:
                               set_threads, wait_quiet)
 
     mode = "quick" if args.quick else "full"
-    out_path = args.out or RESULTS / f"{mode}.json"
+    folder = results_dir(args.record)
+    out_path = args.out or folder / f"{mode}.json"
     suffix = "_quick" if args.quick else ""
     only = {s.strip() for s in args.only.split(",") if s.strip()}
     want = (lambda s: not only or s in only)
@@ -111,13 +116,12 @@ def main(argv=None) -> int:
 
     report.summarize(results)
     if "p4_bounded" in results["sections"]:
-        report.plot_bounded(results["sections"]["p4_bounded"], RESULTS / f"p4_bounded_cost{suffix}.png")
+        report.plot_bounded(results["sections"]["p4_bounded"], folder / f"p4_bounded_cost{suffix}.png")
     if "p3_ttft" in results["sections"]:
-        report.plot_ttft(results["sections"]["p3_ttft"], RESULTS / f"p3_ttft{suffix}.png")
+        report.plot_ttft(results["sections"]["p3_ttft"], folder / f"p3_ttft{suffix}.png")
     results["section_seconds"] = section_sec
     results["run_seconds"] = round(time.perf_counter() - started, 1)
     results["machine"]["load_average_end"] = [round(x, 2) for x in load_average()]
-    RESULTS.mkdir(parents=True, exist_ok=True)
     ordered = {k: results[k] for k in sorted(results, key=lambda k: (not k.startswith("p"), k))}
     out_path.write_text(json.dumps(_clean(ordered), indent=1) + "\n")
     print()

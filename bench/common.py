@@ -13,7 +13,17 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results"  # committed reference results
+# Where a run writes unless told to record: untracked (build/ is git-ignored), so a local
+# run never rewrites the committed reference figures.
+LOCAL_RESULTS = Path(__file__).resolve().parents[1] / "build" / "bench-results"
+
+
+def results_dir(record: bool) -> Path:
+    """bench/results when recording the reference figures (--record), else build/bench-results."""
+    folder = RESULTS if record else LOCAL_RESULTS
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 # Clips joined into one camera stream; their joins are scene cuts with known times.
 CLIPS = ("mdn_cc0_flower.mp4", "mdn_stream-of-water.mp4", "mdn_cc0_friday.mp4",
          "moviepy_big_buck_bunny_0_30.webm")

@@ -62,7 +62,11 @@ def parse_args(argv=None):
     parser.add_argument("--max-rss-mb", type=float, default=4000.0,
                         help="abort when a node's RSS passes this (a leak), MiB")
     parser.add_argument("--replot", action="store_true", help="only redraw soak.png from soak.json")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for soak.json and soak.png")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder for soak.json and soak.png (default: build/bench-results/, "
+                             "or bench/results/ with --record)")
+    parser.add_argument("--record", action="store_true",
+                        help="write the committed reference results in bench/results/ (make soak RECORD=1)")
     return parser.parse_args(argv)
 
 
@@ -401,6 +405,10 @@ def plot(result: dict, path: Path) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.out is None:
+        from bench.common import results_dir
+
+        args.out = results_dir(args.record)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.replot:
         plot(json.loads((args.out / "soak.json").read_text()), args.out / "soak.png")
