@@ -20,9 +20,12 @@ narration query is asked, and "now" questions keep the reaction decoding long an
 back to back: `answer_tokens` each, forced length), tail (no new questions; late
 detections of cuts that happened while busy are still seen). Then, camera stopped, a few
 of the busy answers' prompts (recorded as the reaction's worker handed them to the VLM)
-are generated again by the same model with nothing beside it: the reaction alone, on the
-same prompts, so the decode rates compare at the same context length (this model's decode
-slows with context, and memory grows through the run).
+are generated again, to the same length, by the same model with nothing beside it: the
+reaction alone, on the same prompts, so the decode rates compare at the same context
+length (this model's decode slows with context, and memory grows through the run).
+With the shipped preempt_same_query, a newer narration trigger stops the running
+narration answer and is answered ahead of waiting questions, so in long runs most of
+the busy decoding is narration.
 - ours: StreamingGraph as the nodes run it (answer_timeout_sec None): answers decode in
   the reaction's worker thread while the loop goes on; it asks a new busy question
   whenever fewer than BUSY_OUTSTANDING are unanswered (the shipped queue of 8 never
@@ -41,6 +44,7 @@ Threads: torch.set_num_threads(1) in the feeding loop and in the reaction worker
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass, field
@@ -61,6 +65,7 @@ QUERY = "Narrate what happens, step by step."
 NARRATION_ID = "narrate"
 BUSY_OUTSTANDING = 2  # ours: unanswered busy questions kept waiting (answers ~1.5-2.5 s each)
 ANSWER_TIMEOUT_SEC = 120.0  # sequential arm: longest one inline answer may take
+MIN_REPLAY_TOKENS = 32  # shorter (early-stopped) answers say little about decode speed
 
 
 class RecordingVLM:
@@ -227,14 +232,23 @@ def _decode_only(results) -> float:
 
 def replay_alone(vlm, calls: List[tuple], start: float, end: float, count: int) -> tuple:
     """(decode-only tokens/s while busy, the same prompts alone, prompts replayed): up to
-    `count` full-length generations that overlapped [start, end), spread over it."""
-    full = [(parts, result) for parts, result, ended in calls
-            if ended > start and ended - result.duration_sec < end and result.stop_reason != "stopped"]
-    if not full or count <= 0:
+    `count` generations that overlapped [start, end), spread over it, each generated again
+    to the same length (answers stopped early by a newer narration trigger included)."""
+    ran = [(parts, result) for parts, result, ended in calls
+           if ended > start and ended - result.duration_sec < end
+           and result.token_count >= MIN_REPLAY_TOKENS]
+    if not ran or count <= 0:
         return float("nan"), float("nan"), 0
-    step = max(1, len(full) // count)
-    chosen = full[::step][:count]
-    alone = [vlm.generate(parts) for parts, _ in chosen]  # this thread: 1 torch thread too
+    step = max(1, len(ran) // count)
+    chosen = ran[::step][:count]
+    config, alone = vlm.config, []
+    try:
+        for parts, result in chosen:  # this thread: 1 torch thread, like the worker
+            n = result.token_count
+            vlm.config = dataclasses.replace(config, max_new_tokens=n, min_new_tokens=n)
+            alone.append(vlm.generate(parts))
+    finally:
+        vlm.config = config
     return _decode_only([r for _, r in chosen]), _decode_only(alone), len(chosen)
 
 
@@ -400,9 +414,10 @@ def run(encoder, vlm, footage: Footage, quick: bool, log=print) -> dict:
             "busy_load": {"ours": f"'now' questions, {BUSY_OUTSTANDING} unanswered at all times",
                           "sequential": "a 'now' question after each perceived frame, answered inline "
                                         "(StreamingGraph answer_timeout_sec)"},
-            "reaction_alone": f"ours: after the run, camera stopped, up to {replays} full-length busy "
-                              "answers' prompts (as the worker handed them to the VLM) generated "
-                              "again by the same model, one at a time, 1 torch thread; "
+            "reaction_alone": f"ours: after the run, camera stopped, up to {replays} busy-window "
+                              f"answers of >= {MIN_REPLAY_TOKENS} tokens: their prompts (as the "
+                              "worker handed them to the VLM) generated again to the same length "
+                              "by the same model, one at a time, 1 torch thread; "
                               "decode_tokens_per_sec_busy_same_prompts vs _idle_reaction are "
                               "decode only (tokens after the first / seconds after it); "
                               "decode_tokens_per_sec is prefill included over the busy window",
