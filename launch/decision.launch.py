@@ -48,7 +48,6 @@ def generate_launch_description():
             description="torch device of decision_node (cpu, cuda:0 ...); empty = preset"),
         SetEnvironmentVariable("ROS_SECURITY_ENCLAVE_OVERRIDE", LaunchConfiguration("enclave"),
                                condition=enclave_given),
-        # DDS settings for large images: to be filled in from the intake measurements.
 
         # in: features, query, query_text    out: trigger
         LifecycleNode(

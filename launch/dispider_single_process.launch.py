@@ -64,7 +64,9 @@ def generate_launch_description():
             description="torch device of reaction_node (cpu, cuda:0 ...); empty = preset"),
         SetEnvironmentVariable("ROS_SECURITY_ENCLAVE_OVERRIDE", LaunchConfiguration("enclave"),
                                condition=enclave_given),
-        # DDS settings for large images: to be filled in from the intake measurements.
+        # Large camera frames over DDS: export FASTDDS_DEFAULT_PROFILES_FILE=<share>/config/
+        # fastdds_large_images.xml before launching, for the camera driver too (README, "Large
+        # camera images over DDS"): the shared-memory segment that matters is the writer's.
 
         # perception_node    in: image (the camera)    out: features, sampled_image
         # decision_node      in: features, query, query_text    out: trigger

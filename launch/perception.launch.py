@@ -51,7 +51,9 @@ def generate_launch_description():
             description="torch device of perception_node (cpu, cuda:0 ...); empty = preset"),
         SetEnvironmentVariable("ROS_SECURITY_ENCLAVE_OVERRIDE", LaunchConfiguration("enclave"),
                                condition=enclave_given),
-        # DDS settings for large images: to be filled in from the intake measurements.
+        # Large camera frames over DDS: export FASTDDS_DEFAULT_PROFILES_FILE=<share>/config/
+        # fastdds_large_images.xml before launching, for the camera driver too (README, "Large
+        # camera images over DDS"): the shared-memory segment that matters is the writer's.
 
         # in: image (the camera)    out: features, sampled_image
         LifecycleNode(
