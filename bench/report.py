@@ -208,7 +208,7 @@ def summarize(results: dict) -> dict:
     if "intake" in s:
         intake = s["intake"]
         fields = ("stream", "publisher", "published_per_sec", "received_per_sec",
-                  "features_per_sec", "sampled_ratio")
+                  "features_per_sec", "sampled_ratio", "node_cpu_percent")
         results["intake_sampled_ratio_min"] = intake["ours"]["sampled_ratio_min"]
         results["intake_cases"] = [{k: c[k] for k in fields} for c in intake["ours"]["cases"]]
         if "defaults" in intake:
