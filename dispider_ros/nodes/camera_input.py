@@ -195,8 +195,8 @@ class CameraInput:
         camera.generation += 1
         generation = camera.generation
         recheck = (lambda _info: self._recheck_camera(camera)) if camera.mode == "auto" else None
-        kwargs = dict(callback_group=self.node.input_group, qos_overriding_options=_OVERRIDES)
-        kwargs = dict(kwargs, raw=True)
+        kwargs = dict(callback_group=self.node.input_group, qos_overriding_options=_OVERRIDES,
+                      raw=True)  # serialized bytes: see the module docstring
         try:
             camera.subscription = self.node.create_subscription(
                 camera.msg_type, camera.topic, lambda raw: self._on_image(camera, generation, raw),
