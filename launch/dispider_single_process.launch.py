@@ -12,7 +12,7 @@ all three.
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
 from launch.conditions import IfCondition
-from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch.substitutions import EnvironmentVariable, LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterFile, ParameterValue
 from launch_ros.substitutions import FindPackageShare
@@ -64,9 +64,12 @@ def generate_launch_description():
             description="torch device of reaction_node (cpu, cuda:0 ...); empty = preset"),
         SetEnvironmentVariable("ROS_SECURITY_ENCLAVE_OVERRIDE", LaunchConfiguration("enclave"),
                                condition=enclave_given),
-        # Large camera frames over DDS: export FASTDDS_DEFAULT_PROFILES_FILE=<share>/config/
-        # fastdds_large_images.xml before launching, for the camera driver too (README, "Large
-        # camera images over DDS"): the shared-memory segment that matters is the writer's.
+        # Large camera frames over DDS: the shipped Fast DDS profile (16 MiB shared-memory
+        # segment) unless the caller's environment names one. Export it for the camera driver
+        # too: the segment that matters is the writer's (README, "Large camera images over DDS").
+        SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", EnvironmentVariable(
+            "FASTDDS_DEFAULT_PROFILES_FILE", default_value=PathJoinSubstitution(
+                [FindPackageShare("dispider_ros"), "config", "fastdds_large_images.xml"]))),
 
         # perception_node    in: image (the camera)    out: features, sampled_image
         # decision_node      in: features, query, query_text    out: trigger
