@@ -38,7 +38,21 @@ Scheduling policy:
 
 ttft_sec in ResponseEvents is measured from `submit()` to the first streamed token (queue
 wait included: what the asker experiences); extras hold the parts (queue wait, the model's
-own ttft, prefill and reused prompt tokens, tokens/s).
+own ttft, tokens/s).
+
+What an answer cost: every final's extras hold the COST_KEYS (`answer_cost`), and `stats()`
+holds the last answered trigger's as last_<key> (the reaction node's /diagnostics):
+- prompt_tokens: tokens in the prompt the model was given (frames, dialogue, question);
+- reused_tokens: of those, the ones whose KV cache was reused from an earlier prompt;
+- prefill_tokens: the ones prefilled for this answer (prompt_tokens - reused_tokens);
+- frames_in_prompt: frames in the prompt (every camera in it);
+- history_span_sec: camera seconds from the oldest frame of the trigger's camera in the
+  prompt to the trigger's evidence stamp: how far back the answer could see. Only the
+  trigger's camera counts, with prompt_cameras "trigger" and "all" alike (cameras have their
+  own clocks). NaN when the prompt holds no frame of that camera.
+A final that never reached the model (dropped, superseded, canceled, closed) cost nothing:
+zero tokens and frames, span NaN; one whose generation raised keeps its frames and span, and
+zero tokens (the model reported none).
 """
 from __future__ import annotations
 
@@ -61,6 +75,8 @@ from dispider_ros.core.types import ErrorCode, Frame, ResponseEvent, TriggerEven
 LOG = logging.getLogger(__name__)
 
 PROMPT_CAMERAS = ("all", "trigger")
+COST_KEYS = ("prompt_tokens", "reused_tokens", "prefill_tokens", "frames_in_prompt",
+             "history_span_sec")
 ResponseCallback = Callable[[ResponseEvent], None]
 
 
@@ -129,6 +145,23 @@ def response_id(trigger_id: str) -> str:
     return f"resp-{trigger_id}"
 
 
+def answer_cost(items: list, camera_id: str, evidence_stamp: float, result=None) -> dict:
+    """The COST_KEYS of an answer from its prompt items (see the module docstring).
+
+    Args:
+        items: the memory snapshot the prompt was built from ([] = it never started).
+        camera_id, evidence_stamp: the trigger's camera and evidence stamp (camera time).
+        result: the model's GenerationResult; None = no token counts (zeros).
+    """
+    stamps = [it.stamp for it in items if isinstance(it, FrameTokens) and it.camera_id == camera_id]
+    prompt = int(result.prompt_tokens) if result is not None else 0
+    reused = int(result.reused_tokens) if result is not None else 0
+    prefill = int(result.prefill_tokens) if result is not None else 0
+    return {"prompt_tokens": prompt, "reused_tokens": reused, "prefill_tokens": prefill,
+            "frames_in_prompt": sum(isinstance(it, FrameTokens) for it in items),
+            "history_span_sec": float(evidence_stamp) - min(stamps) if stamps else math.nan}
+
+
 class ReactionEngine:
     """Memory + reaction VLM + worker thread (see the module docstring for the policy).
 
@@ -156,7 +189,7 @@ class ReactionEngine:
                        "preempted": 0, "superseded": 0, "dropped": 0, "memory_clears": 0,
                        "evidence_waits": 0, "evidence_missing": 0, "canceled": 0}
         self._last = {"ttft_sec": math.nan, "tokens_per_sec": math.nan, "encode_ms": math.nan,
-                      "prompt_tokens": 0, "reused_tokens": 0}
+                      **answer_cost([], "", 0.0)}
         self._worker = threading.Thread(target=self._run, name="reaction-worker", daemon=True)
         self._worker.start()
 
@@ -304,7 +337,7 @@ class ReactionEngine:
             LOG.warning("reaction worker did not finish within %.1f s", timeout)
 
     def stats(self) -> dict:
-        """Counters and last timings for diagnostics."""
+        """Counters, last timings and the last answer's cost (last_<COST_KEYS>) for diagnostics."""
         with self._cond:
             depth, busy = len(self._queue), self._current is not None
         with self._stats_lock:
@@ -378,7 +411,9 @@ class ReactionEngine:
             self._emit_final(job, "".join(produced), f"{type(error).__name__}: {error}", sequence=sequence,
                              ttft=(first_chunk[0] - job.submitted) if first_chunk else math.nan,
                              token_count=tokens, extras={"stop_reason": "error",
-                                                         "queue_wait_sec": started - job.submitted},
+                                                         "queue_wait_sec": started - job.submitted,
+                                                         **answer_cost(items, trigger.camera_id,
+                                                                       trigger.stamp)},
                              code=ErrorCode.OUT_OF_MEMORY if out_of_memory else ErrorCode.GENERATION_FAILED)
             failed = True
         if out_of_memory:  # outside the except block, so the failed step's tensors are gone
@@ -391,18 +426,16 @@ class ReactionEngine:
             "canceled" if job.canceled and result.stop_reason == "stopped" else result.stop_reason
         ttft = (first_chunk[0] - job.submitted) if first_chunk else \
             (started - job.submitted + result.ttft_sec)
+        cost = answer_cost(items, trigger.camera_id, trigger.stamp, result)
         extras = {"stop_reason": stop_reason, "queue_wait_sec": started - job.submitted,
-                  "model_ttft_sec": result.ttft_sec, "prompt_tokens": result.prompt_tokens,
-                  "prefill_tokens": result.prefill_tokens, "reused_tokens": result.reused_tokens,
+                  "model_ttft_sec": result.ttft_sec, **cost,
                   "tokens_per_sec": result.tokens_per_sec, "duration_sec": result.duration_sec,
-                  "frames_in_prompt": sum(isinstance(it, FrameTokens) for it in items),
                   "evidence_in_memory": evidence}
         if job.preempted:
             extras["preempted_by"] = job.preempted_by
         with self._stats_lock:
             self.counts["answered"] += 1
-            self._last.update(ttft_sec=ttft, tokens_per_sec=result.tokens_per_sec,
-                              prompt_tokens=result.prompt_tokens, reused_tokens=result.reused_tokens)
+            self._last.update(ttft_sec=ttft, tokens_per_sec=result.tokens_per_sec, **cost)
         if self.config.remember_dialogue and not job.preempted and not job.canceled \
                 and not self._closing:
             self._remember(trigger, result.text)
@@ -448,9 +481,11 @@ class ReactionEngine:
     def _emit_final(self, job: _Job, text: str, error: str, sequence: int = 0, ttft: float = math.nan,
                     token_count: int = 0, extras: Optional[dict] = None,
                     code: ErrorCode = ErrorCode.OK) -> None:
+        # Every final says what it cost; one that never reached the model cost nothing.
+        extras = dict(answer_cost([], job.trigger.camera_id, job.trigger.stamp), **(extras or {}))
         self._emit(self._event(job, text, final=True, sequence=sequence, ttft_sec=ttft,
                                token_count=token_count, error_code=code, error=error,
-                               extras=dict(extras or {})))
+                               extras=extras))
 
     def _emit(self, event: ResponseEvent) -> None:
         try:
@@ -459,4 +494,5 @@ class ReactionEngine:
             LOG.exception("on_response raised for %s (final=%s)", event.response_id, event.final)
 
 
-__all__ = ["ReactionConfig", "ReactionEngine", "PROMPT_CAMERAS", "response_id"]
+__all__ = ["ReactionConfig", "ReactionEngine", "PROMPT_CAMERAS", "COST_KEYS", "answer_cost",
+           "response_id"]

@@ -14,7 +14,11 @@ The lines are exactly the prediction records `score_cli` reads (fields documente
                      final, sequence, ttft_sec, emit_stamp, token_count, error_code (the
                      Response.msg constant; 0 = answered), error, revises_response_id,
                      abs_stamp; final=false lines are streamed chunks (recorded when chunks
-                     are asked for)
+                     are asked for). What each final cost (COST_KEYS, defined in
+                     `core.reaction`): prompt_tokens, reused_tokens (KV cache reused),
+                     prefill_tokens, frames_in_prompt, history_span_sec (camera s from the
+                     oldest frame of the trigger's camera in the prompt to the evidence;
+                     null = none); 0/null for an answer that never reached the model
     type "run"       event "start" (mode, bag, annotations, t0, settings) or "end"
                      (system figures: sampled fps, drops, peak memory, speed); score_cli
                      skips these lines
@@ -39,6 +43,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
+# What an answer cost, top-level keys of each final response record (core.reaction.COST_KEYS;
+# not imported from there, so reading a record needs no torch).
+COST_KEYS = ("prompt_tokens", "reused_tokens", "prefill_tokens", "frames_in_prompt",
+             "history_span_sec")
 PREDICTIONS = "predictions.jsonl"
 ANNOTATIONS = "annotations.json"
 
@@ -113,8 +121,13 @@ class RunRecorder:
                  camera_id: str, text: str, final: bool, sequence: int = 0,
                  ttft_sec: Optional[float] = None, emit_abs_stamp: Optional[float] = None,
                  token_count: int = 0, error: str = "", revises_response_id: str = "",
-                 error_code: int = 0, **extras) -> None:
-        """One final answer, or a chunk (final=False; skipped unless `chunks`)."""
+                 error_code: int = 0, prompt_tokens: int = 0, reused_tokens: int = 0,
+                 prefill_tokens: int = 0, frames_in_prompt: int = 0,
+                 history_span_sec: Optional[float] = None, **extras) -> None:
+        """One final answer, or a chunk (final=False; skipped unless `chunks`).
+
+        A final carries what it cost (COST_KEYS; the defaults: it never reached the model).
+        """
         if not final and not self.chunks:
             return
         self.counts["response" if final else "chunk"] += 1
@@ -125,7 +138,10 @@ class RunRecorder:
             record.update(ttft_sec=ttft_sec, token_count=int(token_count),
                           error_code=int(error_code), error=error,
                           revises_response_id=revises_response_id,
-                          emit_stamp=None if emit_abs_stamp is None else self.rel(emit_abs_stamp))
+                          emit_stamp=None if emit_abs_stamp is None else self.rel(emit_abs_stamp),
+                          prompt_tokens=int(prompt_tokens), reused_tokens=int(reused_tokens),
+                          prefill_tokens=int(prefill_tokens), frames_in_prompt=int(frames_in_prompt),
+                          history_span_sec=history_span_sec)
         record["abs_stamp"] = abs_stamp
         record.update(extras)
         self.write(record)

@@ -51,7 +51,7 @@ import yaml
 from dispider_ros.eval import annotations as ann
 from dispider_ros.eval import bagio
 from dispider_ros import settings as settings_mod
-from dispider_ros.eval.record import ANNOTATIONS, PREDICTIONS, RunRecorder
+from dispider_ros.eval.record import ANNOTATIONS, COST_KEYS, PREDICTIONS, RunRecorder
 
 LOG = logging.getLogger(__name__)
 
@@ -256,7 +256,9 @@ class OfflineReplay:
             ttft_sec=event.ttft_sec if event.final else None, emit_abs_stamp=emit,
             token_count=event.token_count, error_code=int(event.error_code), error=event.error,
             revises_response_id=event.revises_response_id,
-            **({"stop_reason": event.extras.get("stop_reason", "")} if event.final else {}))
+            **({"stop_reason": event.extras.get("stop_reason", ""),
+                **{k: event.extras[k] for k in COST_KEYS if k in event.extras}}
+               if event.final else {}))
 
     def _on_trigger(self, trigger) -> None:
         clock, began = self._clock

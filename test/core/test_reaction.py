@@ -1,4 +1,5 @@
 """Reaction engine on the tiny Qwen2-VL: streaming, pre-emption, errors, non-blocking ingest."""
+import math
 import threading
 import time
 from contextlib import contextmanager
@@ -9,7 +10,7 @@ from response_collector import Collector as _Collector
 import torch
 
 from dispider_ros.core.memory import DialogueTurn, FrameTokens, MemoryConfig
-from dispider_ros.core.reaction import ReactionConfig, ReactionEngine
+from dispider_ros.core.reaction import COST_KEYS, ReactionConfig, ReactionEngine
 from dispider_ros.core.types import ErrorCode, Frame, TriggerEvent
 from dispider_ros.models import tiny
 from dispider_ros.models.registry import load_reaction_vlm
@@ -375,3 +376,51 @@ def test_cancel_stops_the_running_answer_within_one_decode_step_and_ends_waiting
     assert engine.wait_idle(WAIT) and engine.stats()["canceled"] == 2
     answers = [it.text for it in engine.memory.snapshot() if isinstance(it, DialogueTurn) and it.role == "assistant"]
     assert answers == [answered.text]  # the canceled partial answer is not remembered
+
+
+def test_every_final_says_what_it_cost_and_stats_hold_the_last(engine_factory, vlm):
+    engine, sink = engine_factory(remember_dialogue=False)
+    assert math.isnan(engine.stats()["last_history_span_sec"]) and engine.stats()["last_prompt_tokens"] == 0
+    for i in (1, 2, 3):
+        engine.ingest(frame(i))
+    first = sink.wait_final(engine.submit(trigger(1, query="A", stamp=3.0)))
+    cost = {k: first.extras[k] for k in COST_KEYS}
+    assert cost["frames_in_prompt"] == 3 and cost["history_span_sec"] == 2.0
+    frame_tokens = sum(it.n_tokens for it in engine.memory.snapshot())
+    assert cost["prompt_tokens"] > frame_tokens
+    assert cost["prompt_tokens"] == cost["prefill_tokens"] + cost["reused_tokens"]
+    # The same prompt again: its KV prefix is reused, and the last values move to it.
+    again = sink.wait_final(engine.submit(trigger(2, query="B", stamp=3.0)))
+    assert again.extras["prompt_tokens"] == cost["prompt_tokens"] and again.extras["reused_tokens"] > 0
+    assert again.extras["prefill_tokens"] == again.extras["prompt_tokens"] - again.extras["reused_tokens"]
+    stats = engine.stats()
+    assert {k: stats[f"last_{k}"] for k in COST_KEYS} == {k: again.extras[k] for k in COST_KEYS}
+
+
+def test_the_history_span_counts_only_the_trigger_cameras_frames(engine_factory, vlm):
+    engine, sink = engine_factory()  # prompt_cameras "all": both cameras in the prompt
+    engine.ingest(Frame(camera_id="other", stamp=0.5, index=0, image=image(0)))  # its own clock
+    for i in (2, 3, 5):
+        engine.ingest(frame(i))
+    final = sink.wait_final(engine.submit(trigger(1, stamp=5.0)))
+    assert final.extras["frames_in_prompt"] == 4 and final.extras["history_span_sec"] == 3.0
+    # No frame of its camera in the prompt: no span.
+    final = sink.wait_final(engine.submit(trigger(2, query="q2", camera="none", stamp=5.0)))
+    assert final.extras["frames_in_prompt"] == 4 and math.isnan(final.extras["history_span_sec"])
+
+
+def test_a_final_that_never_reached_the_model_cost_nothing(engine_factory, vlm):
+    engine, sink = engine_factory(max_queue=1)
+    engine.ingest(frame(0))
+    with decoder_gate(vlm) as (reached, release):
+        running = engine.submit(trigger(1, query="A"))
+        assert reached.wait(WAIT)
+        dropped = engine.submit(trigger(2, query="B"))
+        engine.submit(trigger(3, query="C"))  # queue full: B is dropped
+        final = sink.wait_final(dropped)
+        release.set()
+        assert sink.wait_final(running).error_code == ErrorCode.OK
+    assert final.error_code == ErrorCode.TRIGGER_DROPPED
+    assert {k: final.extras[k] for k in COST_KEYS if k != "history_span_sec"} == dict.fromkeys(
+        ["prompt_tokens", "reused_tokens", "prefill_tokens", "frames_in_prompt"], 0)
+    assert math.isnan(final.extras["history_span_sec"])

@@ -122,6 +122,11 @@ def test_offline_replay_records_and_is_fast(offline_runs):
     for response in run.responses:
         assert not response["error"] and response["ttft_sec"] > 0
         assert response["emit_stamp"] > response["stamp"]
+        # What it cost, at the top level of each final record.
+        assert response["prompt_tokens"] == response["prefill_tokens"] + response["reused_tokens"] > 0
+    # The "now" answer saw the three sampled frames up to its evidence: 0 .. 1.001 s.
+    (now,) = [r for r in run.responses if r["query_id"] == "flower_now"]
+    assert now["frames_in_prompt"] == 3 and now["history_span_sec"] == pytest.approx(1.001, abs=1e-3)
     assert figures["sampled_frames"] == {bagio.VIDEO_TOPIC: 10}
     assert figures["speed_factor"] > 1.0, figures  # faster than real time
     print(f"offline replay speed on the tiny preset: {figures['speed_factor']:.1f}x real time")
