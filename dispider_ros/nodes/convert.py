@@ -74,9 +74,22 @@ def trigger_from_msg(msg: Trigger) -> TriggerEvent:
 
 
 def response_to_msg(event: ResponseEvent) -> Response:
+    """The message of a chunk or a final; a final carries what it cost (from its extras)."""
+    cost = event.extras
     return Response(
         header=header(event.stamp, event.frame_id), response_id=event.response_id,
         trigger_id=event.trigger_id, query_id=event.query_id, camera_id=event.camera_id,
         text=event.text, final=bool(event.final), sequence=int(event.sequence),
         revises_response_id=event.revises_response_id, ttft_sec=float(event.ttft_sec),
-        token_count=int(event.token_count), error_code=int(event.error_code), error=event.error)
+        token_count=int(event.token_count), error_code=int(event.error_code), error=event.error,
+        prompt_tokens=int(cost.get("prompt_tokens", 0)), reused_tokens=int(cost.get("reused_tokens", 0)),
+        prefill_tokens=int(cost.get("prefill_tokens", 0)),
+        frames_in_prompt=int(cost.get("frames_in_prompt", 0)),
+        history_span_sec=float(cost.get("history_span_sec", math.nan)))
+
+
+def response_cost(msg: Response) -> dict:
+    """What a final Response cost, keyed as the run record's COST_KEYS (NaN span = none)."""
+    return {"prompt_tokens": int(msg.prompt_tokens), "reused_tokens": int(msg.reused_tokens),
+            "prefill_tokens": int(msg.prefill_tokens), "frames_in_prompt": int(msg.frames_in_prompt),
+            "history_span_sec": float(msg.history_span_sec)}

@@ -130,7 +130,7 @@ class DecisionNode(DispiderNode):
         self.rejection_pub.publish(Response(
             header=header(stamp if math.isfinite(stamp) else 0.0), query_id=query_id,
             final=True, ttft_sec=math.nan, error_code=Response.QUERY_REJECTED,
-            error=f"query rejected: {reason}"))
+            error=f"query rejected: {reason}", history_span_sec=math.nan))
 
     def cancel_query(self, query_id: str, reason: str) -> bool:
         """End a query in the core (False when it was not active there) and, either way,

@@ -209,7 +209,7 @@ class ReactionNode(DispiderNode):
                     header=msg.header, response_id=response_id(msg.trigger_id),
                     trigger_id=msg.trigger_id, query_id=msg.query_id, camera_id=msg.camera_id,
                     final=True, ttft_sec=math.nan, error_code=ErrorCode.NOT_STARTED,
-                    error=f"{type(error).__name__}: {error}"))
+                    error=f"{type(error).__name__}: {error}", history_span_sec=math.nan))
 
     def _on_cancel(self, msg: Query) -> None:
         """A query the decision node canceled: stop its running answer (within one decode

@@ -24,7 +24,7 @@ from rclpy.node import Node
 from dispider_ros.eval.record import RunRecorder
 from dispider_ros.msg import Query, Response, Trigger
 from dispider_ros.nodes.base import RELIABLE, spin
-from dispider_ros.nodes.convert import to_sec
+from dispider_ros.nodes.convert import response_cost, to_sec
 
 
 class OutputRecorder:
@@ -106,7 +106,7 @@ class OutputRecorder:
             self.camera(msg.camera_id), msg.text, msg.final, sequence=msg.sequence,
             ttft_sec=ttft, emit_abs_stamp=self.clock() if msg.final else None,
             token_count=msg.token_count, error_code=msg.error_code, error=msg.error,
-            revises_response_id=msg.revises_response_id)
+            revises_response_id=msg.revises_response_id, **response_cost(msg))
 
 
 class RecorderNode(Node):

@@ -15,7 +15,7 @@ import yaml
 
 from conftest import REPO, shared_file
 from dispider_ros.eval import bagio
-from dispider_ros.eval.record import read_run
+from dispider_ros.eval.record import COST_KEYS, read_run
 from dispider_ros.footage import video_frames
 from ros_tools import require_ros, wait_for
 
@@ -102,6 +102,9 @@ def test_live_run_record_is_complete(runs):
     assert answered == {t["trigger_id"] for t in run.triggers}
     for response in run.responses:
         assert response["ttft_sec"] > 0 and response["emit_stamp"] >= response["stamp"]
+        # What it cost crossed DDS in the Response: the same top-level keys as offline.
+        assert response["prompt_tokens"] == response["prefill_tokens"] + response["reused_tokens"] > 0
+        assert response["frames_in_prompt"] > 0 and response["history_span_sec"] >= 0
     system = run.system()
     assert system["mode"] == "live" and system["sampled_frames"] == {bagio.VIDEO_TOPIC: 16}
     assert set(system["node_peak_rss_mb"]) == {"perception_node", "decision_node", "reaction_node"}
@@ -155,7 +158,9 @@ def test_recorder_node_records_a_graph(tmp_path):
                                                  trigger_id="t", query_id="q", text="A"))
         pubs["response"].publish(Response(header=header(T0 + 1.5), response_id="r", trigger_id="t",
                                           query_id="q", text="A cup.", final=True, ttft_sec=0.1,
-                                          token_count=3))
+                                          token_count=3, prompt_tokens=900, reused_tokens=850,
+                                          prefill_tokens=50, frames_in_prompt=12,
+                                          history_span_sec=5.5))
         wait_for(lambda: recorder.outputs.pending() == 0 and recorder.outputs.triggers, 20,
                  "the answer to be recorded", spin=lambda s: executor.spin_once(timeout_sec=s))
         wait_for(lambda: recorder.recorder.counts["chunk"] == recorder.recorder.counts["query"] == 1,
@@ -170,4 +175,8 @@ def test_recorder_node_records_a_graph(tmp_path):
     assert [q["stamp"] for q in run.queries] == [pytest.approx(1.0)]
     assert run.triggers[0]["stamp"] == pytest.approx(1.5) and run.triggers[0]["frame_index"] == 3
     assert run.responses[0]["text"] == "A cup." and run.responses[0]["ttft_sec"] == pytest.approx(0.1)
+    assert {k: run.responses[0][k] for k in COST_KEYS} == {
+        "prompt_tokens": 900, "reused_tokens": 850, "prefill_tokens": 50, "frames_in_prompt": 12,
+        "history_span_sec": 5.5}
+    assert not any(k in run.chunks[0] for k in COST_KEYS)  # what a final cost
     assert len(run.chunks) == 1 and run.system()["recorded"]["response"] == 1

@@ -111,6 +111,9 @@ def test_present_question_is_answered_with_consistent_ids(graph):
     assert stamp_of(final.header) == stamp_of(trigger.header)  # the evidence stamp is copied
     assert final.camera_id == trigger.camera_id and final.camera_id.endswith("/image")
     assert final.token_count > 0 and final.ttft_sec > 0
+    # What it cost (the frames of 0 .. the evidence are in the prompt).
+    assert final.prompt_tokens == final.prefill_tokens + final.reused_tokens > 0
+    assert final.frames_in_prompt > 0 and 0 <= final.history_span_sec <= stamp_of(trigger.header)
     chunks = sorted((m for m in client.messages("response_stream")
                      if m.response_id == final.response_id), key=lambda m: m.sequence)
     assert [m.sequence for m in chunks] == list(range(len(chunks))) and final.sequence == len(chunks)
@@ -200,6 +203,9 @@ def test_diagnostics_report_every_node(graph):
     assert "frames_dropped_latest_policy" in by_node["perception_node"]
     assert "queries_active" in by_node["decision_node"]
     assert "model" in by_node["reaction_node"]
+    # The last answer's cost (before any answer: 0 tokens, span nan).
+    assert {"last_prompt_tokens", "last_reused_tokens", "last_prefill_tokens",
+            "last_frames_in_prompt", "last_history_span_sec"} <= set(by_node["reaction_node"])
 
 
 FLOOD = r"""

@@ -17,7 +17,9 @@ def samples():
     response = Response(response_id="r-9", trigger_id="t-7", query_id="q-1", camera_id="front",
                         text="The flower is open.", final=True, sequence=4,
                         revises_response_id="r-8", ttft_sec=0.125, token_count=17,
-                        error_code=Response.PREEMPTED, error="preempted by trigger t-8")
+                        error_code=Response.PREEMPTED, error="preempted by trigger t-8",
+                        prompt_tokens=3585, reused_tokens=3396, prefill_tokens=189,
+                        frames_in_prompt=80, history_span_sec=39.5)
     response.header = query.header
     feature = FrameFeature(camera_id="front", frame_index=41, clip_index=3, clip_boundary=True,
                            clip_start=Time(sec=10, nanosec=1), clip_similarity=0.5, encoder="tiny:siglip",

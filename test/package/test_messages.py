@@ -123,3 +123,25 @@ def test_every_message_crosses_processes_over_dds(tmp_path):
         rclpy.shutdown()
     for name, message in expected.items():
         assert _equal(message, received[name]), name
+
+
+def test_what_an_answer_cost_goes_from_the_event_into_the_message_and_the_record():
+    """response_to_msg copies a final's cost from its extras; response_cost reads it back as
+    the run record's keys; a final without them (never reached the model) says 0 and NaN."""
+    require_ros()
+    import math
+
+    from dispider_ros.core.reaction import COST_KEYS as ENGINE_KEYS
+    from dispider_ros.core.types import ResponseEvent
+    from dispider_ros.eval.record import COST_KEYS
+    from dispider_ros.nodes.convert import response_cost, response_to_msg
+
+    assert COST_KEYS == ENGINE_KEYS
+    cost = {"prompt_tokens": 3585, "reused_tokens": 3396, "prefill_tokens": 189,
+            "frames_in_prompt": 80, "history_span_sec": 39.5}
+    event = ResponseEvent(response_id="r", trigger_id="t", query_id="q", camera_id="front",
+                          stamp=12.0, text="Open.", final=True, sequence=2,
+                          extras=dict(cost, stop_reason="eos"))
+    assert response_cost(response_to_msg(event)) == cost
+    bare = response_cost(response_to_msg(ResponseEvent("r", "t", "q", "front", 12.0, "", True, 0)))
+    assert math.isnan(bare.pop("history_span_sec")) and set(bare.values()) == {0}
