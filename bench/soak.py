@@ -262,7 +262,8 @@ def run(args) -> dict:
         def ready():
             driver.tick(min(start_stamp - 1.0, start_stamp - 3000.0 + 10.0 * (time.monotonic() - t0)))
             return all(driver.values(n).get("lifecycle_state") == "active" for n in NODES) \
-                and driver.image_pub.get_subscription_count() >= 2
+                and driver.image_pub.get_subscription_count() >= 1 \
+                and driver.node.count_subscribers(f"{namespace}/sampled_image") >= 1
         wait(ready, 180, "the three nodes to be active")
         startup_sec = time.monotonic() - t0
         period = 1.0 / args.frame_fps
