@@ -36,7 +36,6 @@ import math
 import os
 import resource
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -48,9 +47,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import yaml
 
+from dispider_ros import settings as settings_mod
 from dispider_ros.eval import annotations as ann
 from dispider_ros.eval import bagio
-from dispider_ros import settings as settings_mod
+from dispider_ros.processes import stop_group
 from dispider_ros.eval.record import ANNOTATIONS, COST_KEYS, PREDICTIONS, RunRecorder
 
 LOG = logging.getLogger(__name__)
@@ -456,18 +456,6 @@ def _vm_hwm_mb(pid: int) -> Optional[float]:
     return None
 
 
-def _stop(process: subprocess.Popen, timeout: float = 15.0) -> None:
-    if process.poll() is None:
-        try:
-            os.killpg(process.pid, signal.SIGINT)
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout)
-        except ProcessLookupError:
-            pass
-
-
 def _tail(path: Path, lines: int = 15) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -546,9 +534,9 @@ def run_live(bag: Union[str, Path], annotations_path: Union[str, Path], out: Uni
         peaks = {name: _vm_hwm_mb(process.pid) for name, process in nodes.items()}
     finally:
         if player is not None:
-            _stop(player)
+            stop_group(player)
         for process in nodes.values():
-            _stop(process)
+            stop_group(process)
     known = [v for v in peaks.values() if v is not None]
     figures = {"node_peak_rss_mb": peaks, "peak_rss_mb": max(known) if known else None,
                "live_total_wall_seconds": time.monotonic() - wall0, "namespace": namespace}

@@ -259,7 +259,7 @@ def timeline(report: Dict[str, Any], run: RunData, annotations: ann.AnnotationSe
         ax.grid(axis="x", alpha=0.3)
     axes[-1, 0].set_xlabel("seconds from the recording start")
     axes[-1, 0].set_xlim(-0.02 * max(end, 1.0), end * 1.03 + 0.1)
-    handles, labels = {}, []
+    handles = {}
     for ax in axes[:, 0]:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, handle)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from dispider_ros.client import AskClient, AskError
 from dispider_ros.core.types import ErrorCode
 from dispider_ros.footage import photo_frames, video_frames
 from dispider_ros.paths import executable, share_dir
+from dispider_ros.processes import stop_groups
 
 NODES = ("perception_node", "decision_node", "reaction_node")
 SHARED_VIDEOS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "videos"
@@ -46,17 +46,6 @@ def start_graph(namespace: str, log_dir: Path) -> List[subprocess.Popen]:
              "--params-file", str(params), "-p", "torch_threads:=1"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
     return processes
-
-
-def stop_graph(processes: List[subprocess.Popen]) -> None:
-    for process in processes:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGINT)
-    for process in processes:
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
 
 
 def play_camera(node, topic: str, stop: threading.Event) -> None:
@@ -182,7 +171,7 @@ def main(argv=None) -> int:
         return 130
     finally:
         stop.set()
-        stop_graph(processes)
+        stop_groups(processes)
     return 0
 
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from dispider_ros.footage import photo_frames, video_frames
 from dispider_ros.paths import executable
+from dispider_ros.processes import stop_groups
 
 REPO_SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 NODES = ("perception_node", "decision_node", "reaction_node")
@@ -86,17 +87,6 @@ def node_of(logger_name: str) -> Optional[str]:
     prefix = NAMESPACE.strip("/").replace("/", ".") + "."
     name = logger_name[len(prefix):] if logger_name.startswith(prefix) else ""
     return name if name in NODES else None
-
-
-def stop_nodes(processes: List[subprocess.Popen]) -> None:
-    for process in processes:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGINT)
-    for process in processes:
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
 
 
 class Console:
@@ -343,7 +333,7 @@ def main(argv=None) -> int:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip the cleanup
         rss = {name: rss_mib(process.pid) for name, process in zip(NODES, processes)}
-        stop_nodes(processes)
+        stop_groups(processes)
         executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()
