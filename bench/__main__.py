@@ -1,4 +1,4 @@
-"""Run the benchmark suite: `python -m bench --quick` (< 60 s) or `python -m bench` (< 10 min).
+"""Run the benchmark suite: `python -m bench --quick` (~3 min: the intake section starts real node processes) or `python -m bench` (< 10 min).
 
 Prints a table (each figure beside its baseline, target met/missed), writes
 {quick,full}.json and the figures (p4_bounded_cost.png, p3_ttft.png; `_quick` suffix for the
@@ -40,7 +40,7 @@ def _clean(value):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="short windows, few repeats (< 60 s)")
+    parser.add_argument("--quick", action="store_true", help="short windows, few repeats (~3 min)")
     parser.add_argument("--out", type=Path, default=None,
                         help="results JSON (default: build/bench-results/, or bench/results/ with --record)")
     parser.add_argument("--record", action="store_true",
