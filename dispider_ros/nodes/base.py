@@ -11,9 +11,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallb
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
-from rclpy.qos import (QoSDurabilityPolicy, QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy,
-                       qos_profile_sensor_data)
-from rclpy.qos_overriding_options import QoSOverridingOptions
+from rclpy.qos import QoSDurabilityPolicy, QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy
 
 from dispider_ros import settings as node_settings
 from dispider_ros.core import schema
@@ -30,11 +28,7 @@ RELIABLE = QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=50,
 RELIABLE_INPUT = QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=1000,
                             reliability=QoSReliabilityPolicy.RELIABLE,
                             durability=QoSDurabilityPolicy.VOLATILE)
-# Cameras: best effort, depth 1 (latest frame only); overridable for bag replay.
-SENSOR = QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=1,
-                    reliability=qos_profile_sensor_data.reliability,
-                    durability=qos_profile_sensor_data.durability)
-SENSOR_OVERRIDES = QoSOverridingOptions.with_default_policies()
+# Cameras: depth 1, reliability matched to the publishers (nodes/camera_input.py).
 # Nodes sharing a process (dispider_graph) configure one at a time: transformers' lazy
 # imports are not thread-safe, and parallel loads would only compete for memory bandwidth.
 _CONFIGURE_LOCK = threading.Lock()
