@@ -114,8 +114,12 @@ def test_overlay_shows_the_question_trigger_and_answer_on_the_sampled_frame(grap
     camera.play(1.5)
     wait_for(lambda: len(client.messages("overlay")) >= answered + 2, 30, "overlays after the answer")
     overlay = client.messages("overlay")[-1]
-    sampled = {(stamp_of(m.header), m.header.frame_id): m for m in client.messages("sampled_image")}
-    raw_msg = sampled[(stamp_of(overlay.header), overlay.header.frame_id)].image  # same header
+    key = (stamp_of(overlay.header), overlay.header.frame_id)
+    sampled = lambda: {(stamp_of(m.header), m.header.frame_id): m  # noqa: E731
+                       for m in client.messages("sampled_image")}
+    # The frame travels to us on its own topic: it may arrive after its overlay.
+    wait_for(lambda: key in sampled(), 10, "the overlay's sampled frame")
+    raw_msg = sampled()[key].image  # same header
 
     # It decodes: rgb8 of the sampled frame's size, rows packed.
     assert (overlay.encoding, overlay.height, overlay.width) == ("rgb8", raw_msg.height, raw_msg.width)
