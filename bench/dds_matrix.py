@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from bench.common import REPO
-from bench.intake import (BENCH_STREAMS, PROFILE, STREAMS, UNSET, Case, child_env, module,
-                          stop_group)
+from bench.intake import BENCH_STREAMS, PROFILE, STREAMS, UNSET, Case, child_env, module
+from dispider_ros.processes import stop_group
 
 
 # ---- child: a plain counting subscriber ----------------------------------------------------

@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from bench.common import REPO
+from dispider_ros.processes import stop_group
 
 # (width, height, fps): a VGA camera and a 720p one (the bench); 1080p for the DDS matrix.
 STREAMS = {"640x480@10": (640, 480, 10.0), "1280x720@30": (1280, 720, 30.0),
@@ -288,16 +288,6 @@ def child_env(overrides: Dict[str, str], domain: int) -> Dict[str, str]:
 def module(name: str, *args: str) -> List[str]:
     """Command line of `python -m bench.<name> ...`."""
     return [sys.executable, "-m", f"bench.{name}", *args]
-
-
-def stop_group(process: subprocess.Popen, timeout: float = 10.0) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout)
 
 
 # ---- the bench section: the launched perception node ----------------------------------------

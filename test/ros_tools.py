@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -43,14 +42,9 @@ def start_process(args: list, log_path: Path, env: Optional[dict] = None) -> sub
 
 def stop_process(process: subprocess.Popen, timeout: float = 10.0) -> int:
     """SIGINT the process group (like Ctrl-C), then SIGKILL if it hangs; return the exit code."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout)
-    return process.returncode
+    from dispider_ros.processes import stop_group
+
+    return stop_group(process, timeout)
 
 
 def python() -> str:
