@@ -70,13 +70,11 @@ import torch
 from dispider_ros.core import schema
 from dispider_ros.core.memory import FrameTokens, MemoryBuffer, MemoryConfig
 from dispider_ros.core.protocols import PromptParts, ReactionVLM
-from dispider_ros.core.types import ErrorCode, Frame, ResponseEvent, TriggerEvent
+from dispider_ros.core.types import COST_KEYS, ErrorCode, Frame, ResponseEvent, TriggerEvent
 
 LOG = logging.getLogger(__name__)
 
 PROMPT_CAMERAS = ("all", "trigger")
-COST_KEYS = ("prompt_tokens", "reused_tokens", "prefill_tokens", "frames_in_prompt",
-             "history_span_sec")
 ResponseCallback = Callable[[ResponseEvent], None]
 
 

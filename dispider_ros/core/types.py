@@ -7,6 +7,10 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+# What an answer cost: the final's extras, the Response fields and the run record's
+# top-level keys (prompt/reused/prefill tokens, frames in the prompt, history span seconds).
+COST_KEYS = ("prompt_tokens", "reused_tokens", "prefill_tokens", "frames_in_prompt",
+             "history_span_sec")
 MODES = ("auto", "now", "match", "boundary", "activation")
 
 

@@ -14,8 +14,8 @@ The lines are exactly the prediction records `score_cli` reads (fields documente
                      final, sequence, ttft_sec, emit_stamp, token_count, error_code (the
                      Response.msg constant; 0 = answered), error, revises_response_id,
                      abs_stamp; final=false lines are streamed chunks (recorded when chunks
-                     are asked for). What each final cost (COST_KEYS, defined in
-                     `core.reaction`): prompt_tokens, reused_tokens (KV cache reused),
+                     are asked for). What each final cost (COST_KEYS, from
+                     `core.types`): prompt_tokens, reused_tokens (KV cache reused),
                      prefill_tokens, frames_in_prompt, history_span_sec (camera s from the
                      oldest frame of the trigger's camera in the prompt to the evidence;
                      null = none); 0/null for an answer that never reached the model
@@ -43,10 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-# What an answer cost, top-level keys of each final response record (core.reaction.COST_KEYS;
-# not imported from there, so reading a record needs no torch).
-COST_KEYS = ("prompt_tokens", "reused_tokens", "prefill_tokens", "frames_in_prompt",
-             "history_span_sec")
+from dispider_ros.core.types import COST_KEYS  # noqa: F401 (re-exported: what a final cost)
+
 PREDICTIONS = "predictions.jsonl"
 ANNOTATIONS = "annotations.json"
 
