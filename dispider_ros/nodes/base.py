@@ -8,6 +8,7 @@ import rclpy
 import torch
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
@@ -60,9 +61,7 @@ class DispiderNode(LifecycleNode):
         self._pending: Dict[str, Any] = {}
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.add_post_set_parameters_callback(self._after_set_parameters)
-        period = self.get_parameter("diagnostics_period_sec").value
-        self._diagnostics_timer = self.create_timer(period, self.health.publish,
-                                                    callback_group=self.control_group)
+        self._diagnostics_timer = self._health_timer(self.get_parameter("diagnostics_period_sec").value)
         if self.get_parameter("autostart").value:
             self._autostart_timer = self.create_timer(0.0, self._autostart)
         else:  # otherwise a lone executable would sit silent
@@ -184,6 +183,12 @@ class DispiderNode(LifecycleNode):
         except Exception as error:
             self.get_logger().warning(f"cleanup: {type(error).__name__}: {error}")
 
+    def _health_timer(self, period: float):
+        # Steady time, not the node's clock: a paused bag or a stalled /clock (sim time) must
+        # not silence health; the node's own time is one of the values it reports.
+        return self.create_timer(period, self.health.publish, callback_group=self.control_group,
+                                 clock=Clock(clock_type=ClockType.STEADY_TIME))
+
     def _autostart(self) -> None:
         self._autostart_timer.cancel()
         self.destroy_timer(self._autostart_timer)
@@ -214,8 +219,7 @@ class DispiderNode(LifecycleNode):
             if change.name == "diagnostics_period_sec":
                 self._diagnostics_timer.cancel()
                 self.destroy_timer(self._diagnostics_timer)
-                self._diagnostics_timer = self.create_timer(
-                    change.value, self.health.publish, callback_group=self.control_group)
+                self._diagnostics_timer = self._health_timer(change.value)
         pending, self._pending = self._pending, {}
         if not pending:
             return

@@ -31,7 +31,8 @@ class Health:
 
     def publish(self) -> None:
         state = self.node.lifecycle_state_label()
-        values = {"lifecycle_state": state, **self.values()}
+        now = self.node.get_clock().now().nanoseconds * 1e-9
+        values = {"lifecycle_state": state, "node_time_sec": f"{now:.3f}", **self.values()}
         values.update({f"fault.{kind}": count for kind, count in sorted(self.faults.items())})
         status = DiagnosticStatus(
             name=f"dispider_ros: {self.node.get_fully_qualified_name()}",

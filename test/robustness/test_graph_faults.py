@@ -156,6 +156,12 @@ def graph(tmp_path_factory):
             client.listen(kind, topic, deep)
         queries = client.publisher(Query, "query", deep)
         wait_for(lambda: len(client.messages("features")) >= 2, 60, "features from the live graph")
+        try:  # every node's health arrives and its clock follows /clock (sim time)
+            wait_for(lambda: all(float(diag(client, n).get("node_time_sec", 0)) >= START for n in NODES),
+                     30, "every node's diagnostics on sim time")
+        except AssertionError:
+            raise AssertionError(f"{diag_summary(client)}; logs: "
+                                 f"{ {n: processes.log(n)[-1500:] for n in NODES} }") from None
         yield processes, client, stream, queries
     finally:
         if stream is not None:
@@ -175,6 +181,19 @@ def diag(client, node):
             if status.name.endswith(suffix):
                 return {kv.key: kv.value for kv in status.values}
     return {}
+
+
+def diag_summary(client) -> dict:
+    """Per node of the graph: how many /diagnostics statuses arrived and the newest node time
+    (for failure messages)."""
+    seen = {}
+    for array in client.messages("/diagnostics"):
+        for status in array.status:
+            name = status.name.rsplit("/", 1)[-1]
+            if status.name.endswith(f"{client.namespace}/{name}"):
+                values = {kv.key: kv.value for kv in status.values}
+                seen[name] = (seen.get(name, (0, ""))[0] + 1, values.get("node_time_sec", "?"))
+    return {"diagnostics (count, node_time_sec)": seen}
 
 
 def count(client, node, key):
@@ -363,7 +382,7 @@ def test_malformed_message_storm_leaves_every_node_up_and_counted(graph):
             wait_for(lambda: all(count(client, node, k) > 0 for k in keys), 20, f"{node} fault counters")
         except AssertionError:
             raise AssertionError(f"{node}: {sorted(k for k in keys if not count(client, node, k))} "
-                                 f"missing in {diag(client, node)}")
+                                 f"missing in {diag(client, node)}; {diag_summary(client)}")
     assert count(client, "decision_node", "fault.cancel_unknown") == 20
     for *_, kind in BAD_QUERIES:
         assert count(client, "decision_node", f"fault.{kind}") >= rounds
@@ -418,9 +437,12 @@ def test_a_model_failing_mid_generation_gives_an_error_and_the_next_trigger_is_a
         key=lambda m: m.sequence))
     wait_for(lambda: streamed() == failed.text, 10, "the final's text = the chunks streamed before the fault")
     assert failed.trigger_id and failed.token_count <= 2  # the tokens those chunks covered
-    wait_for(lambda: count(client, "reaction_node", "fault.generation_failed") >= 1
-             and count(client, "reaction_node", "errors") >= 1, 10,
-             "fault.generation_failed on /diagnostics")
+    try:
+        wait_for(lambda: count(client, "reaction_node", "fault.generation_failed") >= 1
+                 and count(client, "reaction_node", "errors") >= 1, 10,
+                 "fault.generation_failed on /diagnostics")
+    except AssertionError:
+        raise AssertionError(f"no fault.generation_failed: {diag_summary(client)}") from None
     wait_for(lambda: "generation for trigger" in processes.log("reaction_node"), 10, "the logged failure")
     ask(queries, "after-fault", "What is on the screen now?", mode="now")
     ok = answered(client, "after-fault")
@@ -460,7 +482,7 @@ def test_a_bag_loop_resets_and_adjusts_what_it_must_and_says_so(graph):
     final = answered(client, "after-loop")
     assert final.error_code == final.OK and final.header.stamp.sec < 100  # the new timeline's evidence
     assert "clock went back" in processes.log("decision_node")
-    # Timers on sim time keep running after the jump: diagnostics stamped on the new timeline.
+    # Each node's clock follows the jump: diagnostics stamped on the new timeline.
     for name in NODES:
         wait_for(lambda: any(a.header.stamp.sec < 100 and any(s.name.endswith(f"{client.namespace}/{name}")
                                                               for s in a.status)
