@@ -49,14 +49,16 @@ def decision_config(settings: Settings, id_prefix: str = "") -> DecisionConfig:
 
 def memory_config(settings: Settings) -> MemoryConfig:
     return MemoryConfig(max_tokens=settings["max_tokens"],
-                        protected_frames=settings["protected_frames"])
+                        protected_frames=settings["protected_frames"],
+                        target_ratio=settings["compress_to"], policy=settings["memory_policy"])
 
 
 def reaction_config(settings: Settings) -> ReactionConfig:
     return ReactionConfig(memory=memory_config(settings), max_queue=settings["max_queue"],
                           preempt_same_query=settings["preempt_same_query"],
                           prompt_cameras=settings["prompt_cameras"],
-                          evidence_timeout_sec=settings["evidence_timeout_sec"])
+                          evidence_timeout_sec=settings["evidence_timeout_sec"],
+                          label_every_sec=settings["frame_label_every_sec"])
 
 
 def vision_encoder_config(settings: Settings, resolved: Dict[str, Any]):
@@ -77,7 +79,8 @@ def reaction_vlm_config(settings: Settings, resolved: Dict[str, Any]):
                              trust_remote_code=settings["trust_remote_code"],
                              max_new_tokens=settings["max_new_tokens"],
                              min_new_tokens=settings["min_new_tokens"],
-                             temperature=settings["temperature"])
+                             temperature=settings["temperature"],
+                             max_pixels=resolved.get("max_frame_pixels") or None)
 
 
 # -- stages with their models --------------------------------------------------------------

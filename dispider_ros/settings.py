@@ -86,13 +86,16 @@ def node_settings(node: str, params_file: Optional[Union[str, Path]] = None,
 
 
 def resolve_models(node: str, settings: Dict[str, Any]) -> Dict[str, Any]:
-    """{model, device, dtype}: the node's own values, empty ones filled from its preset."""
+    """{model, device, dtype} (+ max_frame_pixels for the reaction): the node's own values,
+    empty ones filled from its preset."""
     preset = load_preset(settings["preset"])
     model_param = schema.MODEL_PARAM[node]
     key = "vision_model" if model_param == "vision_model" else "vlm_model"
     resolved = {"model": settings[model_param] or preset.get(key, ""),
                 "device": settings["device"] or preset.get("device", "cpu"),
                 "dtype": settings["dtype"] or preset.get("dtype", "auto")}
+    if node == "reaction_node":  # the VLM's per-frame pixel budget is sized per preset
+        resolved["max_frame_pixels"] = settings["max_frame_pixels"] or int(preset.get("max_frame_pixels", 0))
     if not resolved["model"]:
         raise ValueError(f"{node}: {model_param} is empty and preset {settings['preset']!r} "
                          "names none")

@@ -17,20 +17,24 @@ How compression runs here (incremental, O(new tokens) amortised):
   tokens, so a frame costs O(n + n/2 + ...) = O(n) work over its whole life.
 - The newest `protected_frames` frames of every camera are never pooled or dropped: they
   stay bit-identical to what the encoder produced.
-- `target_ratio` < 1 compresses a little further than needed (hysteresis), so pooling, and
-  with it the invalidation of a reaction model's KV cache of the buffer prefix, happens in
-  rarer bursts.
+- Compression runs in batches between two water marks: it starts when the buffer passes
+  `max_tokens` (high) and goes down to `target_ratio * max_tokens` (low; the shipped
+  `compress_to` 0.75). Between batches the buffer only grows at its end, so a reaction
+  model's KV cache of it stays valid and each new frame is prefilled once (`version()`
+  tells a cache keeper when stored items changed; `arrival` numbers survive pooling).
 - The floor: a frame pooled down to a single token cannot shrink further. When a whole
   sweep finds nothing left to pool and the buffer is still over budget, the oldest
   unprotected items (frames or dialogue turns, in time order) are dropped. If only
   protected frames remain and they alone exceed the budget, the buffer stays over budget
   and warns once (raise `max_tokens` or lower `protected_frames`).
 
-Token count = visual tokens of every frame + `frame_overhead_tokens` per frame (the text a
-prompt puts around each frame: its label and start/end markers) + the token counts given for
-dialogue turns. The overhead matters: a frame pooled down to one visual token still costs its
-label, so without it a full buffer of 1-token frames made a 4096-token budget a 34,000-token
-prompt (attention memory grows with its square).
+Token count = visual tokens of every frame + each frame's overhead (the text a prompt puts
+around it: markers, and a time label on the frames that carry one; `frame_cost`, from the
+reaction model's tokenizer) + the token counts given for dialogue turns. The overhead
+matters: a frame pooled down to one visual token still costs its markers, so without it a
+full buffer of 1-token frames made a 4096-token budget a 34,000-token prompt.
+
+`policy="fifo"` is the sliding-window baseline (SimpleStream): drop the oldest, never pool.
 """
 from __future__ import annotations
 
@@ -39,7 +43,7 @@ import logging
 import threading
 from collections import deque
 from dataclasses import dataclass
-from typing import Deque, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Callable, Deque, Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
 
@@ -62,6 +66,11 @@ class FrameTokens:
         level: how many times the tokens were average-pooled (0 = as encoded).
         key: identity assigned by the MemoryBuffer (a pooled frame gets a new key); -1 outside.
         encode_ms: time the encoder took for this frame.
+        labelled: the prompt puts a time label before this frame (the engine labels one
+            frame every few seconds per camera, not each one).
+        overhead: prompt tokens around the visual tokens (label, markers), set by the
+            MemoryBuffer when stored.
+        arrival: the MemoryBuffer's arrival number, kept when the frame is pooled.
     """
 
     tokens: torch.Tensor
@@ -73,6 +82,9 @@ class FrameTokens:
     level: int = 0
     key: int = -1
     encode_ms: float = 0.0
+    labelled: bool = True
+    overhead: int = 0
+    arrival: int = -1
 
     def __post_init__(self):
         if not isinstance(self.tokens, torch.Tensor) or self.tokens.ndim != 2:
@@ -99,6 +111,7 @@ class DialogueTurn:
         camera_id, query_id: where it belongs.
         n_tokens: its length in the reaction model's tokens (counted against max_tokens).
         key: identity assigned by the MemoryBuffer.
+        arrival: the MemoryBuffer's arrival number.
     """
 
     role: str
@@ -108,6 +121,7 @@ class DialogueTurn:
     query_id: str = ""
     n_tokens: int = 0
     key: int = -1
+    arrival: int = -1
 
     def __post_init__(self):
         if self.role not in ROLES:
@@ -121,22 +135,31 @@ class DialogueTurn:
 MemoryItem = Union[FrameTokens, DialogueTurn]
 
 
+POLICIES = ("round_decay", "fifo")
+
+
 @dataclass
 class MemoryConfig:
     """Args:
-        max_tokens: budget of the buffer in tokens (frames + dialogue), >= 1.
+        max_tokens: budget of the buffer in tokens (frames + dialogue), >= 1: the high water
+            mark, where a compression starts.
         pool_stride: adjacent tokens averaged into one per pooling step, >= 2.
         protected_frames: newest frames per camera that are never pooled or dropped, >= 0.
-        target_ratio: compress down to target_ratio * max_tokens once over budget, in (0, 1].
-        frame_overhead_tokens: prompt tokens each frame costs besides its visual tokens, >= 0;
-            None = 0 for a bare buffer (ReactionEngine measures it with its model's tokenizer).
+        target_ratio: the low water mark: a compression goes down to target_ratio *
+            max_tokens, in (0, 1]. Below 1, compressions come in batches and the buffer is
+            append-only between them, so a model's KV cache of it stays valid.
+        frame_overhead_tokens: prompt tokens each frame costs besides its visual tokens, >= 0,
+            when the buffer is given no frame_cost; None = 0.
+        policy: "round_decay" (StreamBridge: pool oldest rounds first, drop at the floor) or
+            "fifo" (a sliding window: drop the oldest, never pool; the baseline).
     """
 
     max_tokens: int = schema.default("reaction_node", "max_tokens")
     pool_stride: int = 2
     protected_frames: int = schema.default("reaction_node", "protected_frames")
-    target_ratio: float = 1.0
+    target_ratio: float = schema.default("reaction_node", "compress_to")
     frame_overhead_tokens: Optional[int] = None
+    policy: str = schema.default("reaction_node", "memory_policy")
 
     def __post_init__(self):
         for name, low in (("max_tokens", 1), ("pool_stride", 2), ("protected_frames", 0)):
@@ -149,6 +172,8 @@ class MemoryConfig:
         if overhead is not None and (not isinstance(overhead, int) or isinstance(overhead, bool)
                                      or overhead < 0):
             raise ValueError(f"frame_overhead_tokens {overhead!r} must be None or an int >= 0")
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy {self.policy!r} is not one of {POLICIES}")
 
 
 def pool_frame(frame: FrameTokens, stride: int) -> FrameTokens:
@@ -186,10 +211,14 @@ class MemoryBuffer:
 
     Args:
         config: budget and compression settings.
+        frame_cost: prompt tokens a frame costs besides its visual tokens (its label and
+            markers, as the reaction model renders it); None = config.frame_overhead_tokens.
     """
 
-    def __init__(self, config: Optional[MemoryConfig] = None):
+    def __init__(self, config: Optional[MemoryConfig] = None,
+                 frame_cost: Optional[Callable[[FrameTokens], int]] = None):
         self.config = config or MemoryConfig()
+        self._frame_cost = frame_cost
         self._cond = threading.Condition(threading.Lock())
         self._items: List[Optional[MemoryItem]] = []
         self._head = 0  # items before head were dropped (set to None, compacted lazily)
@@ -197,14 +226,17 @@ class MemoryBuffer:
         self._scan_start = 0  # items before this can never shrink (turns, 1-token frames)
         self._tokens = 0
         self._next_key = 0
+        self._next_arrival = 0
         self._protected: Dict[str, Deque[int]] = {}
         self._protected_keys: set = set()
         self._latest_stamp: Dict[str, float] = {}
         self._latest_index: Dict[str, int] = {}  # newest frame_index stored per camera
         self._warned_over_budget = False
         # scan_steps counts items the sweep looked at: tests use it to check the amortised cost.
+        # compressions counts batches; epoch counts every change to stored items (pool, drop,
+        # clear): while it stands still the buffer only grew at its end.
         self.counts = {"frames_added": 0, "turns_added": 0, "pool_ops": 0, "scan_steps": 0,
-                       "frames_dropped": 0, "turns_dropped": 0}
+                       "frames_dropped": 0, "turns_dropped": 0, "compressions": 0, "epoch": 0}
 
     # ---- input -------------------------------------------------------------------------
     def add_frame(self, frame: FrameTokens) -> FrameTokens:
@@ -217,11 +249,14 @@ class MemoryBuffer:
         """
         if not isinstance(frame, FrameTokens):
             raise TypeError(f"add_frame needs FrameTokens, got {type(frame).__name__}")
+        overhead = self._frame_cost(frame) if self._frame_cost is not None else \
+            (self.config.frame_overhead_tokens or 0)
         with self._cond:
-            frame = dataclasses.replace(frame, key=self._new_key())
+            frame = dataclasses.replace(frame, key=self._new_key(), arrival=self._new_arrival(),
+                                        overhead=int(overhead))
             self._insert(frame)
             self._protect(frame)
-            self._tokens += frame.n_tokens + self._overhead
+            self._tokens += self._cost(frame)
             self.counts["frames_added"] += 1
             latest = self._latest_stamp.get(frame.camera_id, float("-inf"))
             self._latest_stamp[frame.camera_id] = max(latest, frame.stamp)
@@ -247,11 +282,12 @@ class MemoryBuffer:
         turn = DialogueTurn(role=role, text=text, stamp=float(stamp), camera_id=camera_id,
                             query_id=query_id, n_tokens=int(n_tokens))
         with self._cond:
-            turn = dataclasses.replace(turn, key=self._new_key())
+            turn = dataclasses.replace(turn, key=self._new_key(), arrival=self._new_arrival())
             self._insert(turn)
             self._tokens += turn.n_tokens
             self.counts["turns_added"] += 1
             self._compress()
+            self._cond.notify_all()
         return turn
 
     def set_max_tokens(self, max_tokens: int) -> None:
@@ -273,12 +309,18 @@ class MemoryBuffer:
             keep = [] if camera_id is None else [
                 it for it in self._items[self._head:] if it is not None and it.camera_id != camera_id]
             self._items, self._head, self._cursor, self._scan_start = keep, 0, 0, 0
+            self.counts["epoch"] += 1
             self._tokens = sum(self._cost(it) for it in keep)
             dropped = self._protected.keys() if camera_id is None else [camera_id]
             for cam in list(dropped):
                 self._protected_keys.difference_update(self._protected.pop(cam, ()))
                 self._latest_stamp.pop(cam, None)
             self._cond.notify_all()
+
+    def version(self) -> Tuple[int, int]:
+        """(items ever stored, epoch): changes whenever the stored items change."""
+        with self._cond:
+            return self._version()
 
     # ---- output ------------------------------------------------------------------------
     def snapshot(self, cameras: Optional[Iterable[str]] = None) -> List[MemoryItem]:
@@ -320,24 +362,40 @@ class MemoryBuffer:
                 lambda: self._latest_index.get(camera_id, -1) >= frame_index, timeout=timeout)
 
     def stats(self) -> dict:
+        """Counters and what the buffer holds now: tokens (= visual_tokens + frame_overhead_tokens
+        + turn_tokens), frames, turns, pooled frames, the deepest pooling level, and
+        history_span_sec (newest minus oldest frame stamp, the widest camera)."""
         with self._cond:
             items = self._items[self._head:]
             frames = [it for it in items if isinstance(it, FrameTokens)]
+            stamps: Dict[str, List[float]] = {}
+            for f in frames:
+                stamps.setdefault(f.camera_id, []).append(f.stamp)
+            span = max((max(v) - min(v) for v in stamps.values()), default=0.0)
             return dict(self.counts, tokens=self._tokens, max_tokens=self.config.max_tokens,
                         frames=len(frames), turns=len(items) - len(frames),
-                        max_level=max((f.level for f in frames), default=0))
+                        visual_tokens=sum(f.n_tokens for f in frames),
+                        frame_overhead_tokens=sum(f.overhead for f in frames),
+                        turn_tokens=sum(it.n_tokens for it in items if isinstance(it, DialogueTurn)),
+                        pooled_frames=sum(f.level > 0 for f in frames),
+                        max_level=max((f.level for f in frames), default=0),
+                        history_span_sec=span)
 
     # ---- internals (called with the lock held) -----------------------------------------
-    @property
-    def _overhead(self) -> int:
-        return self.config.frame_overhead_tokens or 0
+    def _version(self) -> Tuple[int, int]:
+        return self._next_arrival, self.counts["epoch"]
 
-    def _cost(self, item: MemoryItem) -> int:
-        return item.n_tokens + (self._overhead if isinstance(item, FrameTokens) else 0)
+    @staticmethod
+    def _cost(item: MemoryItem) -> int:
+        return item.n_tokens + (item.overhead if isinstance(item, FrameTokens) else 0)
 
     def _new_key(self) -> int:
         self._next_key += 1
         return self._next_key
+
+    def _new_arrival(self) -> int:
+        self._next_arrival += 1
+        return self._next_arrival
 
     def _insert(self, item: MemoryItem) -> None:
         # Arrivals are almost always the newest, so search back from the end: O(1) typically.
@@ -345,6 +403,8 @@ class MemoryBuffer:
         while i > self._head and self._items[i - 1].stamp > item.stamp:
             i -= 1
         self._items.insert(i, item)
+        if i < len(self._items) - 1:  # not at the end: what follows it moved
+            self.counts["epoch"] += 1
         if i < self._cursor:
             self._cursor += 1
         if i < self._scan_start:
@@ -361,8 +421,10 @@ class MemoryBuffer:
         if self._tokens <= self.config.max_tokens:
             return
         target = max(1, int(self.config.max_tokens * self.config.target_ratio))
+        self.counts["compressions"] += 1
         while self._tokens > target:
-            if self._pool_next():
+            if self.config.policy == "round_decay" and self._pool_next():
+                self.counts["epoch"] += 1
                 continue
             if not self._drop_oldest():
                 if not self._warned_over_budget:
@@ -412,7 +474,8 @@ class MemoryBuffer:
             item = self._items[i]
             if isinstance(item, FrameTokens) and item.key in self._protected_keys:
                 continue
-            self._tokens -= item.n_tokens + (self._overhead if isinstance(item, FrameTokens) else 0)
+            self._tokens -= self._cost(item)
+            self.counts["epoch"] += 1
             kind = "frames_dropped" if isinstance(item, FrameTokens) else "turns_dropped"
             self.counts[kind] += 1
             if kind == "frames_dropped" and self.counts[kind] == 1:
@@ -439,4 +502,5 @@ class MemoryBuffer:
         self._scan_start = max(self._scan_start, self._head)
 
 
-__all__ = ["FrameTokens", "DialogueTurn", "MemoryItem", "MemoryConfig", "MemoryBuffer", "pool_frame"]
+__all__ = ["FrameTokens", "DialogueTurn", "MemoryItem", "MemoryConfig", "MemoryBuffer", "pool_frame",
+           "POLICIES"]

@@ -50,10 +50,13 @@ class PromptParts:
     Args:
         items: memory items (FrameTokens, DialogueTurn) in time order.
         question: the trigger's query text.
+        cache_slot: which of the model's prefix caches to reuse and extend (see
+            ReactionVLM.prefill); a model with one cache ignores it.
     """
 
     items: Sequence[MemoryItem]
     question: str
+    cache_slot: int = 0
 
 
 @dataclass
@@ -116,9 +119,25 @@ class ReactionVLM(Protocol):
     def hidden_size(self) -> int:
         """Width of the visual tokens."""
 
-    def frame_overhead_tokens(self) -> int:
-        """Prompt tokens a frame costs besides its visual tokens (label, markers)."""
+    def frame_overhead_tokens(self, frame: Optional[FrameTokens] = None) -> int:
+        """Prompt tokens a frame costs besides its visual tokens (its label if it is
+        labelled, markers); None = a typical labelled frame."""
         return 0
+
+    def turn_overhead_tokens(self) -> int:
+        """Prompt tokens a dialogue turn costs besides its text (role markers)."""
+        return 0
+
+    def prefill(self, items: Sequence[MemoryItem], slot: int = 0, max_tokens: int = 1 << 30) -> Tuple[int, int]:
+        """Extend prefix cache `slot` towards the prompt prefix of `items` (everything before a
+        question), by at most max_tokens newly prefilled tokens, so a later generate() over
+        these items (and more) prefills only what is new. Two slots (0, 1) let a caller
+        rebuild one after a compression while answering from the other.
+
+        Returns:
+            (tokens of that prefix now cached, its length); (0, 0) = the model keeps no cache.
+        """
+        return 0, 0
 
     def reset_cache(self) -> None:
         """Forget any cached prompt state."""

@@ -63,12 +63,13 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Deque, List, Optional
+from typing import Callable, Deque, Dict, List, Optional
 
 import torch
 
 from dispider_ros.core import schema
 from dispider_ros.core.memory import FrameTokens, MemoryBuffer, MemoryConfig
+from dispider_ros.core.prefix_keeper import PrefixKeeper
 from dispider_ros.core.protocols import PromptParts, ReactionVLM
 from dispider_ros.core.types import COST_KEYS, ErrorCode, Frame, ResponseEvent, TriggerEvent
 
@@ -93,6 +94,10 @@ class ReactionConfig:
             trigger travel on two topics and may arrive in either order.
         max_backward_jump_sec: a frame this much older than its camera's newest one is a
             clock jump (bag loop, sim-time reset): that camera's memory is cleared.
+        label_every_sec: camera seconds between the frames that carry a time label in the
+            prompt, per camera, >= 0 (0 = every frame).
+        warm_step_tokens: tokens one idle-time prefill step computes at most, >= 1: the
+            longest a trigger arriving mid-step waits for it.
         worker_threads: torch intra-op threads of the worker, >= 1 (1 on small CPUs, so
             generation leaves a core to perception).
         poll_sec: the worker's queue read timeout, so close() is noticed, > 0.
@@ -105,13 +110,15 @@ class ReactionConfig:
     prompt_cameras: str = schema.default("reaction_node", "prompt_cameras")
     evidence_timeout_sec: float = schema.default("reaction_node", "evidence_timeout_sec")
     max_backward_jump_sec: float = 1.0
+    label_every_sec: float = schema.default("reaction_node", "frame_label_every_sec")
+    warm_step_tokens: int = 256
     worker_threads: int = 1
     poll_sec: float = 0.1
 
     def __post_init__(self):
         if not isinstance(self.memory, MemoryConfig):
             raise TypeError(f"memory {self.memory!r} must be a MemoryConfig")
-        for name in ("max_queue", "worker_threads"):
+        for name in ("max_queue", "worker_threads", "warm_step_tokens"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} {value!r} must be an int >= 1")
@@ -119,6 +126,7 @@ class ReactionConfig:
             raise ValueError(f"prompt_cameras {self.prompt_cameras!r} is not one of {PROMPT_CAMERAS}")
         for name in ("max_queue", "prompt_cameras", "evidence_timeout_sec"):
             setattr(self, name, schema.check("reaction_node", name, getattr(self, name)))
+        self.label_every_sec = schema.check("reaction_node", "frame_label_every_sec", self.label_every_sec)
         if not (0.0 <= self.max_backward_jump_sec < math.inf):
             raise ValueError(f"max_backward_jump_sec {self.max_backward_jump_sec!r} must be a "
                              "finite number >= 0")
@@ -174,10 +182,14 @@ class ReactionEngine:
         self.config = config
         self.on_response = on_response
         self.vlm = vlm
-        memory = config.memory
-        if memory.frame_overhead_tokens is None:  # the budget must bound the whole prompt
-            memory = dataclasses.replace(memory, frame_overhead_tokens=vlm.frame_overhead_tokens())
-        self.memory = MemoryBuffer(memory)
+        # Each frame is counted as the model renders it (markers, and its label if it has one),
+        # so the budget bounds the whole prompt.
+        self.memory = MemoryBuffer(config.memory, frame_cost=vlm.frame_overhead_tokens)
+        budget = config.memory.max_tokens
+        self.keeper = PrefixKeeper(self.memory, vlm, config.warm_step_tokens,
+                                   slack_tokens=max(config.warm_step_tokens,
+                                                    int(budget * (1.0 - config.memory.target_ratio))))
+        self._labelled_at: Dict[str, float] = {}  # camera -> stamp of its last labelled frame
         self._cond = threading.Condition()
         self._queue: Deque[_Job] = deque()
         self._current: Optional[_Job] = None
@@ -209,15 +221,28 @@ class ReactionEngine:
             LOG.warning("camera %r: time jumped back %.3f -> %.3f s (bag loop or sim-time reset): "
                         "its memory is cleared", frame.camera_id, newest, frame.stamp)
             self.memory.clear(frame.camera_id)
+            self.keeper.invalidate()
             with self._stats_lock:
                 self.counts["memory_clears"] += 1
+                self._labelled_at.pop(frame.camera_id, None)
         tokens = self.vlm.encode_frame(frame.image, camera_id=frame.camera_id, stamp=frame.stamp,
                                        frame_index=frame.index, frame_id=frame.frame_id)
-        stored = self.memory.add_frame(tokens)
+        stored = self.memory.add_frame(dataclasses.replace(tokens, labelled=self._label(frame)))
+        with self._cond:
+            self._cond.notify_all()  # the worker prefills it when idle
         with self._stats_lock:
             self.counts["frames_ingested"] += 1
             self._last["encode_ms"] = tokens.encode_ms
         return stored
+
+    def _label(self, frame: Frame) -> bool:
+        """Whether this frame carries a time label: one every label_every_sec per camera."""
+        with self._stats_lock:
+            last = self._labelled_at.get(frame.camera_id)
+            due = last is None or not (0.0 <= frame.stamp - last < self.config.label_every_sec)
+            if due:
+                self._labelled_at[frame.camera_id] = frame.stamp
+            return due
 
     # ---- decision side -------------------------------------------------------------------
     def submit(self, trigger: TriggerEvent) -> str:
@@ -340,8 +365,11 @@ class ReactionEngine:
             depth, busy = len(self._queue), self._current is not None
         with self._stats_lock:
             out = dict(self.counts, **{f"last_{k}": v for k, v in self._last.items()})
-        out.update(queue_depth=depth, busy=busy, memory_tokens=self.memory.token_count(),
-                   max_tokens=self.memory.config.max_tokens)
+        memory = self.memory.stats()
+        out.update(queue_depth=depth, busy=busy, memory_tokens=memory["tokens"],
+                   max_tokens=memory["max_tokens"], memory_frames=memory["frames"],
+                   memory_span_sec=memory["history_span_sec"],
+                   memory_compressions=memory["compressions"], **self.keeper.stats())
         return out
 
     # ---- worker --------------------------------------------------------------------------
@@ -349,14 +377,17 @@ class ReactionEngine:
         torch.set_num_threads(self.config.worker_threads)
         while True:
             with self._cond:
-                while not self._queue and not self._closing:
+                while not self._queue and not self._closing and not self.keeper.pending():
                     self._cond.wait(self.config.poll_sec)
                 if self._closing:
                     self._current = None
                     self._cond.notify_all()
                     return
-                job = self._queue.popleft()
+                job = self._queue.popleft() if self._queue else None
                 self._current = job
+            if job is None:  # idle: one bounded step of keeping the KV cache current
+                self.keeper.step()
+                continue
             try:
                 self._react(job)
             except Exception:  # a bug in emitting must not kill the worker
@@ -382,7 +413,8 @@ class ReactionEngine:
                              extras={"stop_reason": reason, "preempted_by": job.preempted_by})
             return
         cameras = [trigger.camera_id] if self.config.prompt_cameras == "trigger" else None
-        items = self.memory.snapshot(cameras)
+        plan = self.keeper.plan(cameras)
+        items = plan.items
         sequence = tokens = 0
         first_chunk: List[float] = []
         produced: List[str] = []  # the text so far, for an answer that fails midway
@@ -399,7 +431,9 @@ class ReactionEngine:
 
         failed = out_of_memory = False
         try:
-            result = self.vlm.generate(PromptParts(items, trigger.query_text), on_text=on_text, stop=job.stop)
+            result = self.vlm.generate(PromptParts(items, trigger.query_text, cache_slot=plan.slot),
+                                       on_text=on_text, stop=job.stop)
+            self.keeper.answered(plan)
         except Exception as error:  # noqa: BLE001 -- any model failure becomes an error response
             LOG.warning("generation for trigger %s failed: %s: %s", trigger.trigger_id,
                         type(error).__name__, error)
@@ -466,7 +500,8 @@ class ReactionEngine:
     def _remember(self, trigger: TriggerEvent, answer: str) -> None:
         for role, text in (("user", trigger.query_text), ("assistant", answer)):
             self.memory.add_turn(role, text, trigger.stamp, camera_id=trigger.camera_id,
-                                 query_id=trigger.query_id, n_tokens=self.vlm.count_tokens(text))
+                                 query_id=trigger.query_id,
+                                 n_tokens=self.vlm.count_tokens(text) + self.vlm.turn_overhead_tokens())
 
     # ---- events --------------------------------------------------------------------------
     def _event(self, job: _Job, text: str, final: bool, sequence: int, **kwargs) -> ResponseEvent:

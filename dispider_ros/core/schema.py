@@ -144,6 +144,16 @@ REACTION = _common("reaction_node", "video-LLM answering triggers (Qwen2-VL / Qw
           "label and markers, dialogue); round-decayed compression keeps the buffer under it",
           64, 10_000_000, live=True),
     Param("protected_frames", 4, "newest frames per camera never compressed", 0, 10000),
+    Param("compress_to", 0.75, "low water mark: once over max_tokens, a compression batch goes "
+          "down to this share of it, so the memory (and the model's KV cache of it) is "
+          "append-only between batches", 0.1, 1.0),
+    Param("memory_policy", "round_decay", "round_decay: pool the oldest rounds first, drop at "
+          "the floor (StreamBridge); fifo: a sliding window that drops the oldest frames",
+          choices=("round_decay", "fifo")),
+    Param("frame_label_every_sec", 2.0, "camera seconds between the time labels put before "
+          "frames in the prompt (per camera; 0 = every frame)", 0.0, 3600.0),
+    Param("max_frame_pixels", 0, "pixel budget per frame for the VLM's resize (visual tokens "
+          "grow with it); 0 = the preset's, else the checkpoint's own", 0, 1 << 26),
     Param("evidence_timeout_sec", 2.0, "longest a trigger waits for its evidence frame "
           "(sampled_image) to reach memory over DDS before it is answered without it",
           0.0, 60.0, live=True),

@@ -9,7 +9,7 @@ import yaml
 from dispider_ros.paths import share_dir
 
 _REPO_CONFIG = Path(__file__).resolve().parents[2] / "config"
-KEYS = {"description", "vision_model", "vlm_model", "device", "dtype"}
+KEYS = {"description", "vision_model", "vlm_model", "device", "dtype", "max_frame_pixels"}
 
 
 def config_dirs() -> List[Path]:

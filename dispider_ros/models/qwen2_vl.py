@@ -17,14 +17,18 @@ never re-runs vision; `generate(parts, on_text, stop)` answers over memory items
   what `get_rope_index` over the full sequence gives, since text resumes at max + 1).
   A pooled frame with grid (rows, cols) gets image_grid_thw (1, rows * merge, cols * merge).
 - KV reuse: everything before the question (system header, frames, past turns) is the
-  prefix. It is prefilled into a `DynamicCache` that is kept across triggers; the next
-  trigger compares token ids and visual-token identities (memory keys) position by
-  position, crops the cache to the common prefix and prefills only the rest. `generate()`
-  then runs on the question suffix with `model.model.rope_deltas` set from the full
-  sequence (transformers derives decode positions from it once a cache is non-empty),
-  and the cache is cropped back to the prefix afterwards. Compression changes old frames,
-  so a trigger after compression re-prefills from the first pooled frame on. Any error
-  drops the cache.
+  prefix. Two prefix caches (slots, `DynamicCache`s) are kept across triggers; a prompt
+  names its slot (PromptParts.cache_slot), whose token ids and visual-token identities
+  (memory keys) are compared position by position with the new prefix, cropped to the
+  common part, and only the rest is prefilled. `prefill(items, slot, max_tokens)` does the
+  same outside any trigger, in bounded steps: the engine keeps the prefix current as frames
+  arrive, and rebuilds the other slot after a compression while triggers are answered from
+  the first. `generate()` runs on the question suffix with `model.model.rope_deltas` set
+  from the full sequence (transformers derives decode positions from it once a cache is
+  non-empty), and the slot is cropped back to the prefix afterwards. Any error drops the
+  caches.
+- Frame labels: a frame with `labelled` set gets the time label before it; the others only
+  their markers (the engine labels one frame every few seconds per camera).
 """
 from __future__ import annotations
 
@@ -32,7 +36,7 @@ import copy
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -52,6 +56,16 @@ TYPICAL_CAMERA = "/camera/color/image_raw"  # its frame label is what the memory
 def _plain(text: str) -> str:
     """Outside text must not smuggle in control tokens such as <|image_pad|> or <|im_end|>."""
     return text.replace("<|", "< |")
+
+
+@dataclass
+class _Slot:
+    """One prefix cache: what it holds, token by token."""
+
+    cache: object = None  # DynamicCache or None
+    ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    src: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    pos: torch.Tensor = field(default_factory=lambda: torch.zeros(3, 0, dtype=torch.long))
 
 
 @dataclass
@@ -107,11 +121,30 @@ class Qwen2VLBackend(ReactionVLM):
     def count_tokens(self, text: str) -> int:
         return len(self._tokenize(text))
 
-    def frame_overhead_tokens(self) -> int:
-        """The label of a frame of a typical camera topic plus <|vision_start|>, <|vision_end|>."""
-        template = self.config.frame_label
-        label = template.format(camera_id=TYPICAL_CAMERA, stamp=1.0e6, frame_index=0) if template else ""
+    def frame_overhead_tokens(self, frame: Optional[FrameTokens] = None) -> int:
+        """<|vision_start|>, <|vision_end|> and the frame's label if it has one (None = a
+        labelled frame of a typical camera topic)."""
+        if frame is None:
+            frame = FrameTokens(torch.zeros(1, 1), (1, 1), camera_id=TYPICAL_CAMERA, stamp=1.0e6)
+        label = self._label(frame)
         return (self.count_tokens(label) if label else 0) + 2
+
+    def turn_overhead_tokens(self) -> int:
+        """<|im_start|>{role}\n ... <|im_end|>\n around a turn's text."""
+        return self.count_tokens("<|im_start|>assistant\n<|im_end|>\n")
+
+    def prefill(self, items: Sequence, slot: int = 0, max_tokens: int = 1 << 30) -> Tuple[int, int]:
+        if not self.config.kv_reuse:
+            return 0, 0
+        with self._gen_lock, torch.inference_mode():
+            try:
+                prompt = self._assemble(PromptParts(list(items), "", cache_slot=slot))
+                cached, _, _ = self._prefill(prompt, slot, limit=max_tokens)
+            except BaseException:
+                self.reset_cache()
+                raise
+        done = len(self._slots[slot].ids)
+        return min(done, prompt.prefix_len), prompt.prefix_len
 
     def encode_frame(self, image: np.ndarray, camera_id: str = "", stamp: float = 0.0,
                      frame_index: int = 0, frame_id: str = "") -> FrameTokens:
@@ -149,7 +182,8 @@ class Qwen2VLBackend(ReactionVLM):
         with self._gen_lock, torch.inference_mode():
             try:
                 prompt = self._assemble(parts)
-                reused, cache, positions = self._prefill(prompt)
+                slot = self._slot_index(parts.cache_slot)
+                reused, cache, positions = self._prefill(prompt, slot)
                 length = len(prompt.ids)
                 delta = int(positions.max()) + 1 - length  # M-RoPE offset of decode positions
                 model.model.rope_deltas = torch.tensor([[delta]], device=self.device)
@@ -181,10 +215,7 @@ class Qwen2VLBackend(ReactionVLM):
             token_ids=new_ids)
 
     def reset_cache(self) -> None:
-        self._cache = None
-        self._cache_ids = np.zeros(0, np.int64)
-        self._cache_src = np.zeros(0, np.int64)
-        self._cache_pos = torch.zeros(3, 0, dtype=torch.long)
+        self._slots = [_Slot(), _Slot()]
 
     def release_memory(self) -> None:
         free_device_memory(self.config.device)
@@ -212,9 +243,7 @@ class Qwen2VLBackend(ReactionVLM):
                 if not open_user:
                     prefix.append("<|im_start|>user\n")
                     open_user = True
-                label = _plain(self.config.frame_label.format(
-                    camera_id=item.camera_id, stamp=item.stamp, frame_index=item.frame_index))
-                prefix += [f"{label}<|vision_start|>", item, "<|vision_end|>"]
+                prefix += [f"{self._label(item)}<|vision_start|>", item, "<|vision_end|>"]
             elif isinstance(item, DialogueTurn):
                 if item.role == "user":
                     prefix.append(("" if open_user else "<|im_start|>user\n") + f"{_plain(item.text)}<|im_end|>\n")
@@ -227,6 +256,12 @@ class Qwen2VLBackend(ReactionVLM):
         suffix = [("" if open_user else "<|im_start|>user\n")
                   + f"{_plain(parts.question)}<|im_end|>\n<|im_start|>assistant\n"]
         return prefix, suffix
+
+    def _label(self, frame: FrameTokens) -> str:
+        if not frame.labelled or not self.config.frame_label:
+            return ""
+        return _plain(self.config.frame_label.format(camera_id=frame.camera_id, stamp=frame.stamp,
+                                                     frame_index=frame.frame_index))
 
     def _tokenize(self, text: str) -> np.ndarray:
         ids = self._text_ids.get(text)
@@ -276,27 +311,38 @@ class Qwen2VLBackend(ReactionVLM):
         return self._temp_key
 
     # ---- prefill -------------------------------------------------------------------------
-    def _prefill(self, prompt: _Assembled) -> Tuple[int, object, torch.Tensor]:
-        """Bring the cache to prompt.prefix_len; returns (reused tokens, cache, (3, L) positions)."""
+    def _slot_index(self, slot: int) -> int:
+        if slot not in (0, 1):
+            raise ValueError(f"cache slot {slot!r} is not 0 or 1")
+        return slot
+
+    def _prefill(self, prompt: _Assembled, slot: int, limit: Optional[int] = None
+                 ) -> Tuple[int, object, torch.Tensor]:
+        """Bring cache `slot` to prompt.prefix_len (at most `limit` new tokens, stopping before
+        a frame that would not fit whole); returns (reused tokens, cache, (3, L) positions)."""
         from transformers import DynamicCache
 
         model = self._require_model()
+        held = self._slots[self._slot_index(slot)]
         common = 0
-        if self.config.kv_reuse and self._cache is not None:
-            n = min(len(self._cache_ids), prompt.prefix_len)
-            diff = np.flatnonzero((self._cache_ids[:n] != prompt.ids[:n]) | (self._cache_src[:n] != prompt.src[:n]))
+        if self.config.kv_reuse and held.cache is not None:
+            n = min(len(held.ids), prompt.prefix_len)
+            diff = np.flatnonzero((held.ids[:n] != prompt.ids[:n]) | (held.src[:n] != prompt.src[:n]))
             common = int(diff[0]) if len(diff) else n
             for start, frame in prompt.frames:
                 # Never split a frame from its <|vision_start|>: get_rope_index finds images by it.
                 if start - 1 < common < start + frame.n_tokens:
                     common = start - 1
-        if common == 0 or self._cache is None:
+        if common == 0 or held.cache is None:
             cache, common = DynamicCache(config=model.config.text_config), 0
+            held.pos = torch.zeros(3, 0, dtype=torch.long)
         else:
-            cache = self._cache
+            cache = held.cache
             cache.crop(common)
-        positions = self._positions(prompt, common)  # (3, L)
+        positions = self._positions(prompt, common, held.pos)  # (3, L)
         end = prompt.prefix_len
+        if limit is not None and end - common > limit:
+            end = self._cut(prompt, common, common + max(1, limit))
         if end > common:
             embeds = self._embed(prompt, common, end)  # (1, T, H)
             model.model.language_model(
@@ -304,14 +350,21 @@ class Qwen2VLBackend(ReactionVLM):
                 past_key_values=cache, use_cache=True,
                 cache_position=torch.arange(common, end, device=self.device))
         if self.config.kv_reuse:
-            self._cache = cache
-            self._cache_ids = prompt.ids[:end]
-            self._cache_src = prompt.src[:end]
-            self._cache_pos = positions[:, :end]
+            self._slots[slot] = _Slot(cache, prompt.ids[:end], prompt.src[:end], positions[:, :end])
         return common, cache, positions
 
-    def _positions(self, prompt: _Assembled, start: int) -> torch.Tensor:
-        """(3, L) M-RoPE positions: cached ones before start, get_rope_index for the rest."""
+    @staticmethod
+    def _cut(prompt: _Assembled, start: int, end: int) -> int:
+        """end moved so that no frame is split from its <|vision_start|>: back before the
+        frame, or past it when the frame starts the step; > start."""
+        for first, frame in prompt.frames:
+            if first - 1 < end < first + frame.n_tokens:
+                return first - 1 if first - 1 > start else first + frame.n_tokens
+        return end
+
+    def _positions(self, prompt: _Assembled, start: int, held: torch.Tensor) -> torch.Tensor:
+        """(3, L) M-RoPE positions: the slot's cached ones (held) before start, get_rope_index
+        for the rest."""
         model = self._require_model()
         tail = torch.from_numpy(prompt.ids[start:])[None]  # (1, L - start)
         grids = [(1, f.grid[0] * self.merge, f.grid[1] * self.merge) for s, f in prompt.frames if s >= start]
@@ -320,7 +373,7 @@ class Qwen2VLBackend(ReactionVLM):
         new = new[:, 0].cpu()
         if start == 0:
             return new
-        head = self._cache_pos[:, :start]
+        head = held[:, :start]
         return torch.cat([head, new + int(head.max()) + 1], dim=1)
 
     def _embed(self, prompt: _Assembled, start: int, end: int) -> torch.Tensor:

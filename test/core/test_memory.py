@@ -73,7 +73,8 @@ def test_pool_frame_averages_adjacent_tokens_along_longer_side():
 
 # ---- compression -------------------------------------------------------------------------
 def test_compression_keeps_budget_and_pools_oldest_round_first():
-    mem = MemoryBuffer(MemoryConfig(max_tokens=200, protected_frames=2))
+    # Low water mark = high: each compression does just enough, to see the order it pools in.
+    mem = MemoryBuffer(MemoryConfig(max_tokens=200, protected_frames=2, target_ratio=1.0))
     stamp = 0.0
     for round_index in range(3):
         for _ in range(5):

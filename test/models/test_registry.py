@@ -8,7 +8,9 @@ from dispider_ros.models.registry import BACKENDS, REQUIRED_MEMBERS, register_ba
 
 def test_required_members_are_the_protocol_and_qwen_provides_them():
     assert set(REQUIRED_MEMBERS) == {"encode_frame", "generate", "count_tokens", "hidden_size",
-                                     "frame_overhead_tokens", "reset_cache", "release_memory", "close"}
+                                     "frame_overhead_tokens", "prefill", "reset_cache", "release_memory",
+                                     "turn_overhead_tokens",
+                                     "close"}
     assert ReactionVLM in Qwen2VLBackend.__mro__ and not Qwen2VLBackend.__abstractmethods__
     assert BACKENDS["qwen2_vl"] is Qwen2VLBackend and BACKENDS["qwen2_5_vl"] is Qwen2VLBackend
 

@@ -182,9 +182,9 @@ def test_incremental_positions_equal_get_rope_index_over_the_full_sequence(model
     reuse.generate(PromptParts(mem.snapshot(), QUESTION))
     memory_with(vlm, synthetic_frames(2, seed=5), start=10.0, mem=mem)
     prompt = reuse._assemble(PromptParts(mem.snapshot(), QUESTION))
-    common = len(reuse._cache_ids)
+    common = len(reuse._slots[0].ids)
     assert common > 0
-    incremental = reuse._positions(prompt, common)
+    incremental = reuse._positions(prompt, common, reuse._slots[0].pos)
     grids = torch.tensor([(1, f.grid[0] * 2, f.grid[1] * 2) for _, f in prompt.frames])
     full, _ = reuse.model.model.get_rope_index(input_ids=torch.from_numpy(prompt.ids)[None],
                                                image_grid_thw=grids)
