@@ -10,9 +10,10 @@ so a trigger that arrives waits for one step at most:
   item on. A small change near the end is fixed in the foreground slot directly; otherwise
   the new prefix is built in the other slot while triggers are answered from the
   foreground one over the *view* it holds (the items as they were before the compression)
-  plus the items that arrived since, and the slots swap when the rebuild has caught up.
-  The view may exceed the budget by the arrivals (at most `slack_tokens`; beyond that a
-  trigger prompts the current memory and pays the re-prefill).
+  plus the items that arrived since, and the slots swap when the rebuild has caught up
+  with the memory (appends included). Such a prompt exceeds the budget by its arrivals, at
+  most `slack_tokens`; beyond that a trigger prompts the current memory and pays the
+  re-prefill (then the foreground holds the current memory and the rebuild is moot).
 Everything here runs on the worker thread except invalidate() (a camera's memory cleared).
 """
 from __future__ import annotations
@@ -95,12 +96,8 @@ class PrefixKeeper:
         target, slot, rebuild = current, fg, False
         if view is not None and version[1] != epoch:  # stored items changed, not only grew
             behind = sum(_cost(it) for it in view[first_difference(view, current):])
-            arrivals = arrivals_since(view, current)
-            if behind > self.step_tokens:
-                if arrivals:
-                    target = view + arrivals  # keep the foreground answering the old view
-                else:
-                    slot, rebuild = 1 - fg, True
+            if behind > self.step_tokens:  # rebuild in the other slot; fg keeps answering
+                slot, rebuild = 1 - fg, True
         try:
             cached, total = self.vlm.prefill(target, slot, self.step_tokens)
         except Exception:  # noqa: BLE001 -- a failed warm-up costs the next trigger a prefill
@@ -115,12 +112,9 @@ class PrefixKeeper:
         with self._lock:
             if self._clears != clears or cached < total:
                 return
-            if target is current:
-                if slot != self._fg:
-                    self.counts["swaps"] += 1
-                self._fg, self._view, self._view_epoch, self._done = slot, current, version[1], version
-            else:
-                self._view = target
+            if slot != self._fg:
+                self.counts["swaps"] += 1
+            self._fg, self._view, self._view_epoch, self._done = slot, current, version[1], version
 
     # ---- trigger side ----------------------------------------------------------------------
     def plan(self, cameras: Optional[Sequence[str]] = None) -> PromptPlan:

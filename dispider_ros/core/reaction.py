@@ -111,7 +111,7 @@ class ReactionConfig:
     evidence_timeout_sec: float = schema.default("reaction_node", "evidence_timeout_sec")
     max_backward_jump_sec: float = 1.0
     label_every_sec: float = schema.default("reaction_node", "frame_label_every_sec")
-    warm_step_tokens: int = 256
+    warm_step_tokens: int = 64
     worker_threads: int = 1
     poll_sec: float = 0.1
 
@@ -187,8 +187,7 @@ class ReactionEngine:
         self.memory = MemoryBuffer(config.memory, frame_cost=vlm.frame_overhead_tokens)
         budget = config.memory.max_tokens
         self.keeper = PrefixKeeper(self.memory, vlm, config.warm_step_tokens,
-                                   slack_tokens=max(config.warm_step_tokens,
-                                                    int(budget * (1.0 - config.memory.target_ratio))))
+                                   slack_tokens=max(config.warm_step_tokens, budget // 10))
         self._labelled_at: Dict[str, float] = {}  # camera -> stamp of its last labelled frame
         self._cond = threading.Condition()
         self._queue: Deque[_Job] = deque()

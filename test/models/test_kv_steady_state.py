@@ -145,6 +145,7 @@ def test_a_trigger_during_a_held_rebuild_is_answered_from_the_old_view(model_pat
     try:
         index = 0
         while engine.memory.stats()["compressions"] == 0:  # fill to the first compression
+            wait_warm(engine)
             feed(engine, images[index:index + 1], index)
             index += 1
         vlm.hold.set()  # the rebuild of the compressed prefix makes no progress
@@ -152,8 +153,8 @@ def test_a_trigger_during_a_held_rebuild_is_answered_from_the_old_view(model_pat
         while engine.keeper.stats()["rebuild_steps"] == 0:
             assert time.monotonic() < deadline
             time.sleep(0.01)
-        feed(engine, images[index:index + 2], index)  # arrivals during the rebuild
-        index += 2
+        feed(engine, images[index:index + 1], index)  # an arrival during the rebuild
+        index += 1
         engine.submit(trigger(0, index - 1))
         assert engine.wait_idle(30)
         held = vlm.calls[-1][1]

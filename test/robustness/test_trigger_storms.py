@@ -188,7 +188,9 @@ def test_the_memory_budget_bounds_the_whole_prompt_over_a_long_stream(vlm):
         prompts = [e.extras["prompt_tokens"] for e in sink.finals()]
         assert len(prompts) == 3 and all(e.error_code == ErrorCode.OK for e in sink.finals())
         question_and_header = 64  # system message, question, assistant header: outside the budget
-        assert max(prompts) <= 512 + question_and_header, prompts
+        # A prompt answered from the old prefix cache during a re-prefill carries the frames
+        # that arrived since on top (at most the keeper's slack).
+        assert max(prompts) <= 512 + engine.keeper.slack_tokens + question_and_header, prompts
         assert engine.memory.token_count() <= 512
     finally:
         engine.close()
