@@ -1,7 +1,7 @@
 """Run the benchmark suite: `python -m bench --quick` (~3 min: the intake section starts real node processes) or `python -m bench` (< 10 min).
 
 Prints a table (each figure beside its baseline, target met/missed), writes
-{quick,full}.json and the figures (p4_bounded_cost.png, p3_ttft.png; `_quick` suffix for the
+{quick,full}.json and the figures (p4_bounded_cost.png, p3_steady.png; `_quick` suffix for the
 quick run) to build/bench-results/ -- or, with --record (make bench-quick RECORD=1), to the
 committed reference results in bench/results/. See bench/README.md.
 """
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     import transformers
 
     transformers.logging.set_verbosity_error()
-    from bench import bounded, models, nonblocking, overhead, replay_speed, report, ttft
+    from bench import bounded, models, nonblocking, overhead, replay_speed, report, steady
     from bench.common import (SINGLE_SHOT_CLIPS, distinct_frames, footage, load_average, machine,
                               set_threads, wait_quiet)
 
@@ -95,9 +95,7 @@ def main(argv=None) -> int:
     if want("p5"):
         section("p5_overhead", lambda: overhead.run(encoder, vlm, frames, args.quick))
     if want("p3"):
-        vlm.config = dataclasses.replace(vlm.config, max_new_tokens=1, min_new_tokens=1)
-        sizes = (64, 256) if args.quick else (16, 64, 256)
-        section("p3_ttft", lambda: ttft.run(vlm, frames, args.quick, sizes=sizes))
+        section("p3_steady", lambda: steady.run(args.quick))
     if want("p1"):
         answer = 256
         vlm.config = dataclasses.replace(vlm.config, max_new_tokens=answer, min_new_tokens=answer)
@@ -117,8 +115,8 @@ def main(argv=None) -> int:
     report.summarize(results)
     if "p4_bounded" in results["sections"]:
         report.plot_bounded(results["sections"]["p4_bounded"], folder / f"p4_bounded_cost{suffix}.png")
-    if "p3_ttft" in results["sections"]:
-        report.plot_ttft(results["sections"]["p3_ttft"], folder / f"p3_ttft{suffix}.png")
+    if "p3_steady" in results["sections"]:
+        report.plot_steady(results["sections"]["p3_steady"], folder / f"p3_steady{suffix}.png")
     results["section_seconds"] = section_sec
     results["run_seconds"] = round(time.perf_counter() - started, 1)
     results["machine"]["load_average_end"] = [round(x, 2) for x in load_average()]

@@ -9,12 +9,14 @@ from typing import List
 TARGETS = {
     "p1_ratio": ("P1 sampled-frame rate while decoding / idle", ">= 0.90", lambda v: v >= 0.90, "x"),
     "p2_p95_over_period": ("P2 trigger latency p95 after evidence / period", "<= 1.0", lambda v: v <= 1.0, "x"),
-    "p3_ratio_64": ("P3 TTFT re-encode / on-arrival+KV @64", ">= 3", lambda v: v >= 3.0, "x"),
-    "p3_ratio_256": ("P3 TTFT re-encode / on-arrival+KV @256", ">= 5", lambda v: v >= 5.0, "x"),
-    "p3_ratio_64_no_kv": ("P3 TTFT re-encode / on-arrival no KV @64", ">= 3", lambda v: v >= 3.0, "x"),
-    "p3_ratio_256_no_kv": ("P3 TTFT re-encode / on-arrival no KV @256", ">= 5", lambda v: v >= 5.0, "x"),
+    "p3_steady_ratio_p50": ("P3 steady TTFT p50: on arrival no KV reuse / ours", ">= 5", lambda v: v >= 5.0, "x"),
+    "p3_steady_ratio_p95": ("P3 steady TTFT p95: on arrival no KV reuse / ours", ">= 3", lambda v: v >= 3.0, "x"),
+    "p3_steady_tail_only_fraction": ("P3 steady triggers prefilling only question + new items",
+                                     ">= 0.90", lambda v: v >= 0.90, "x"),
     "p4_latency_growth": ("P4 trigger latency growth 100 -> 10k frames", "<= 10 %", lambda v: v <= 0.10, "%"),
-    "p4_rss_growth": ("P4 RSS growth 100 -> 10k frames", "<= 10 %", lambda v: v <= 0.10, "%"),
+    "p4_rss_growth_untrimmed": ("P4 RSS growth (untrimmed) 100 -> 10k frames", "<= 10 %",
+                                lambda v: v <= 0.10, "%"),
+    "p4_span_ratio_vs_fifo": ("P4 history span / FIFO's at the same budget", ">= 4", lambda v: v >= 4.0, "x"),
     "p5_convert_ms": ("P5 rgb8 640x480 message -> model tensor", "<= 2 ms", lambda v: v <= 2.0, "ms"),
     "p5_convert_ms_bgr8": ("P5 bgr8 640x480 message -> model tensor", "<= 2 ms", lambda v: v <= 2.0, "ms"),
     "p5_overhead": ("P5 pipeline time over encoder forward", "<= 10 %", lambda v: v <= 0.10, "%"),
@@ -62,15 +64,18 @@ def table(results: dict) -> str:
 
 
 def plot_bounded(p4: dict, path: Path) -> None:
-    """StreamBridge-style curve: trigger latency, RSS and prompt size versus buffered frames."""
+    """StreamBridge-style curves per arm: trigger latency, RSS, prompt size and history span
+    versus sampled frames streamed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    styles = {"compressed": ("tab:blue", "o", f"round-decayed compression (max_tokens {p4['protocol']['max_tokens']})"),
-              "uncompressed": ("tab:red", "s", "no compression")}
+    fig, axes = plt.subplots(1, 4, figsize=(19, 4.2))
+    budget = p4["protocol"]["max_tokens"]
+    styles = {"ours": ("tab:blue", "o", f"round-decayed, batched (max_tokens {budget})"),
+              "fifo": ("tab:green", "^", f"FIFO window (max_tokens {budget})"),
+              "unbounded": ("tab:red", "s", "unbounded")}
     for arm, (color, marker, label) in styles.items():
         if arm not in p4:
             continue
@@ -79,25 +84,23 @@ def plot_bounded(p4: dict, path: Path) -> None:
         lat = [(p["frames"], p["latency_sec"]) for p in points if p["latency_sec"] is not None]
         if lat:
             axes[0].plot([x for x, _ in lat], [y for _, y in lat], marker=marker, color=color, label=label)
-        skipped = [p["frames"] for p in points if p["latency_sec"] is None]
-        for x in skipped:
-            axes[0].axvline(x, color=color, ls=":", alpha=0.5)
-        axes[1].plot(frames, [p["rss_mb"] for p in points], marker=marker, color=color, label=label)
-        if "rss_untrimmed_mb" in points[0]:
-            axes[1].plot(frames, [p["rss_untrimmed_mb"] for p in points], color=color, ls="--", lw=1,
-                         alpha=0.6)
+        for p in points:
+            if p["latency_sec"] is None:
+                axes[0].axvline(p["frames"], color=color, ls=":", alpha=0.5)
+        axes[1].plot(frames, [p["rss_untrimmed_mb"] for p in points], marker=marker, color=color, label=label)
         axes[2].plot(frames, [p["prompt_tokens"] for p in points], marker=marker, color=color, label=label)
+        axes[3].plot(frames, [p["history_span_sec"] for p in points], marker=marker, color=color, label=label)
     axes[2].axhline(32768, color="grey", ls="--", lw=1)
-    axes[2].text(110, 34000, "model context (32,768)", color="grey", fontsize=8)
     titles = ("per-trigger latency (s)\n(dotted: prompt over the cap, not generated)",
-              "process RSS (MiB) after the trigger\n(solid: after malloc_trim; dashed: untrimmed)",
-              "prompt tokens at the trigger")
+              "process RSS (MiB) after the trigger, untrimmed", "prompt tokens at the trigger",
+              "history span in memory (camera s)")
     for ax, title in zip(axes, titles):
         ax.set_xscale("log")
         ax.set_xlabel("sampled frames streamed")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
     axes[2].set_yscale("log")
+    axes[3].set_yscale("log")
     axes[0].legend(fontsize=8)
     fig.suptitle("P4 bounded cost: bench-scale Qwen2-VL, 2 CPU cores, 1 thread", fontsize=11)
     fig.tight_layout()
@@ -105,28 +108,28 @@ def plot_bounded(p4: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_ttft(p3: dict, path: Path) -> None:
+def plot_steady(p3: dict, path: Path) -> None:
+    """TTFT of every trigger over the stream (ours) and the baselines' sampled triggers."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
-    sizes = list(p3["frames"])
-    rows = [p3["frames"][n] for n in sizes]
-    x = np.arange(len(sizes))
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for i, (key, label, color) in enumerate((
-            ("ttft_ms_reencode", "re-encode at trigger (pixel_values)", "tab:red"),
-            ("ttft_ms_no_kv_reuse", "encoded on arrival, no KV reuse", "tab:orange"),
-            ("ttft_ms_kv_reuse", "encoded on arrival + KV reuse", "tab:blue"))):
-        ax.bar(x + (i - 1) * 0.27, [r[key] for r in rows], 0.27, label=label, color=color)
-    ax.set_xticks(x, [f"{n} frames" for n in sizes])
+    every = p3["protocol"]["trigger_every_frames"]
+    fig, ax = plt.subplots(figsize=(9, 4))
+    ours = p3["ours_ttft_ms"]
+    ax.plot([every * (i + 1) for i in range(len(ours))], ours, ".", ms=3, color="tab:blue",
+            label="ours: on arrival + KV kept current")
+    x = [every * (n + 1) for n in p3["baseline_triggers"]]
+    ax.plot(x, p3["no_kv_reuse_ttft_ms"], "s", color="tab:orange", label="on arrival, no KV reuse")
+    ax.plot(x, p3["reencode_ttft_ms"], "^", color="tab:red", label="re-encode at trigger (FIFO window)")
     ax.set_yscale("log")
+    ax.set_xlabel("sampled frames streamed (2 fps)")
     ax.set_ylabel("time to first token (ms, log)")
-    ax.set_title("P3 TTFT, bench-scale Qwen2-VL, 1 CPU thread", fontsize=10)
+    ax.set_title(f"P3 steady state at the shipped budget ({p3['protocol']['budget']} tokens), "
+                 "bench-scale Qwen2-VL, 1 thread", fontsize=10)
     ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -158,36 +161,41 @@ def summarize(results: dict) -> dict:
             f"sequential {p1['sequential']['trigger_latency_p95_over_period']:.2f}; scene cut -> trigger "
             f"p95 {p1['ours']['event_latency_p95_over_period']:.2f} vs sequential "
             f"{p1['sequential']['event_latency_p95_over_period']:.2f} periods")
-    if "p3_ttft" in s:
-        rows = s["p3_ttft"]["frames"]
-        for n in ("64", "256"):
-            results[f"p3_ratio_{n}"] = rows[n]["ratio_kv_reuse"]
-            results[f"p3_ratio_{n}_no_kv"] = rows[n]["ratio_no_kv_reuse"]
-            base = f"re-encode {rows[n]['ttft_ms_reencode']:.0f} ms"
-            budget = "; budget off (prompt over the shipped max_tokens)" \
-                if rows[n].get("over_shipped_budget") else ""
-            baselines[f"p3_ratio_{n}"] = f"{base} vs {rows[n]['ttft_ms_kv_reuse']:.0f} ms{budget}"
-            baselines[f"p3_ratio_{n}_no_kv"] = f"{base} vs {rows[n]['ttft_ms_no_kv_reuse']:.0f} ms{budget}"
-        if "16" in rows:
-            results["p3_ratio_16"] = rows["16"]["ratio_kv_reuse"]
+    if "p3_steady" in s:
+        p3 = s["p3_steady"]
+        arms = p3["arms_second_half"]
+        results["p3_steady_ratio_p50"] = p3["ratio_p50"]
+        results["p3_steady_ratio_p95"] = p3["ratio_p95"]
+        results["p3_steady_tail_only_fraction"] = p3["tail_only_fraction"]
+        results["p3_steady_reencode_ratio_p50"] = p3["reencode_ratio_p50"]
+        results["p3_steady_ttft_p50_ms"] = arms["ours"]["p50_ms"]
+        results["p3_steady_ttft_p95_ms"] = arms["ours"]["p95_ms"]
+        baselines["p3_steady_ratio_p50"] = (
+            f"ours {arms['ours']['p50_ms']:.0f} ms vs no KV reuse {arms['no_kv_reuse']['p50_ms']:.0f} ms, "
+            f"re-encode (FIFO window) {arms['reencode']['p50_ms']:.0f} ms")
+        baselines["p3_steady_ratio_p95"] = (
+            f"ours {arms['ours']['p95_ms']:.0f} ms vs no KV reuse {arms['no_kv_reuse']['p95_ms']:.0f} ms, "
+            f"re-encode {arms['reencode']['p95_ms']:.0f} ms")
+        baselines["p3_steady_tail_only_fraction"] = (
+            f"{p3['protocol']['frames']} frames, prompt p50 {p3['prompt_tokens_p50']:.0f} tokens, "
+            f"{p3['keeper']['swaps']} re-prefills in the background")
     if "p4_bounded" in s:
         p4 = s["p4_bounded"]
         results["p4_latency_growth"] = p4["latency_growth"]
-        results["p4_rss_growth"] = p4["rss_growth"]
+        results["p4_rss_growth_untrimmed"] = p4["rss_growth_untrimmed"]
+        results["p4_rss_growth_trimmed"] = p4["rss_growth_trimmed"]
         results["p4_prompt_growth"] = p4["prompt_growth"]
-        results["p4_peak_rss_growth"] = p4["peak_rss_growth"]
-        results["p4_untrimmed_rss_growth"] = p4["untrimmed_rss_growth"]
-        unc = p4["uncompressed_latency_growth_measured"]
-        prompt = (f"prompt {p4['prompt_growth'] + 1:.1f}x vs no compression "
-                  f"{p4['uncompressed_prompt_growth'] + 1:.0f}x")
-        baselines["p4_latency_growth"] = prompt + (
-            f"; no compression latency {100 * unc['growth']:+.0f} % by {unc['to_frames']} frames, "
-            "then over the cap" if unc else "; no compression latency: not run (quick) / over the cap") + \
-            ("; KV reuse off" if not p4["protocol"].get("kv_reuse", True) else "")
-        if p4["uncompressed_rss_growth"] is not None:
-            baselines["p4_rss_growth"] = (
-                f"no compression: {100 * p4['uncompressed_rss_growth']:+.0f} %; untrimmed "
-                f"{100 * p4['untrimmed_rss_growth']:+.1f} %, peak {100 * p4['peak_rss_growth']:+.1f} %")
+        results["p4_span_ratio_vs_fifo"] = p4["span_ratio_vs_fifo"]
+        pct = lambda v: "n/a" if v is None else f"{100 * v:+.0f} %"  # noqa: E731
+        baselines["p4_latency_growth"] = (
+            f"FIFO {pct(p4['fifo_latency_growth'])}; prompt {pct(p4['prompt_growth'])} vs unbounded "
+            f"{pct(p4['unbounded_prompt_growth'])}")
+        baselines["p4_rss_growth_untrimmed"] = (
+            f"FIFO {pct(p4['fifo_rss_growth_untrimmed'])}, unbounded "
+            f"{pct(p4['unbounded_rss_growth_untrimmed'])}; trimmed {pct(p4['rss_growth_trimmed'])}")
+        held, span = p4["frames_held"], p4["history_span_sec"]
+        baselines["p4_span_ratio_vs_fifo"] = (
+            f"{span['ours']:.0f} s ({held['ours']} frames) vs FIFO {span['fifo']:.0f} s ({held['fifo']} frames)")
     if "p5_overhead" in s:
         conv = s["p5_overhead"]["conversion"]
         results["p5_convert_ms"] = conv["rgb8"]["to_model_tensor_ms_p50"]
