@@ -68,6 +68,8 @@ class FrameTokens:
         encode_ms: time the encoder took for this frame.
         labelled: the prompt puts a time label before this frame (the engine labels one
             frame every few seconds per camera, not each one).
+        named: its label also names the camera (the engine names it when the camera changes
+            and every half minute; the others carry only the time).
         overhead: prompt tokens around the visual tokens (label, markers), set by the
             MemoryBuffer when stored.
         arrival: the MemoryBuffer's arrival number, kept when the frame is pooled.
@@ -83,6 +85,7 @@ class FrameTokens:
     key: int = -1
     encode_ms: float = 0.0
     labelled: bool = True
+    named: bool = True
     overhead: int = 0
     arrival: int = -1
 

@@ -76,6 +76,7 @@ from dispider_ros.core.types import COST_KEYS, ErrorCode, Frame, ResponseEvent, 
 LOG = logging.getLogger(__name__)
 
 PROMPT_CAMERAS = ("all", "trigger")
+NAME_EVERY_SEC = 30.0  # camera seconds between labels that name the camera (one camera)
 ResponseCallback = Callable[[ResponseEvent], None]
 
 
@@ -189,6 +190,8 @@ class ReactionEngine:
         self.keeper = PrefixKeeper(self.memory, vlm, config.warm_step_tokens,
                                    slack_tokens=max(config.warm_step_tokens, budget // 10))
         self._labelled_at: Dict[str, float] = {}  # camera -> stamp of its last labelled frame
+        self._named_at: Dict[str, float] = {}  # camera -> stamp of its last label naming it
+        self._last_labelled_camera = ""
         self._cond = threading.Condition()
         self._queue: Deque[_Job] = deque()
         self._current: Optional[_Job] = None
@@ -224,9 +227,10 @@ class ReactionEngine:
             with self._stats_lock:
                 self.counts["memory_clears"] += 1
                 self._labelled_at.pop(frame.camera_id, None)
+                self._named_at.pop(frame.camera_id, None)
         tokens = self.vlm.encode_frame(frame.image, camera_id=frame.camera_id, stamp=frame.stamp,
                                        frame_index=frame.index, frame_id=frame.frame_id)
-        stored = self.memory.add_frame(dataclasses.replace(tokens, labelled=self._label(frame)))
+        stored = self.memory.add_frame(dataclasses.replace(tokens, **self._label(frame)))
         with self._cond:
             self._cond.notify_all()  # the worker prefills it when idle
         with self._stats_lock:
@@ -234,14 +238,22 @@ class ReactionEngine:
             self._last["encode_ms"] = tokens.encode_ms
         return stored
 
-    def _label(self, frame: Frame) -> bool:
-        """Whether this frame carries a time label: one every label_every_sec per camera."""
+    def _label(self, frame: Frame) -> dict:
+        """How this frame is labelled: a time label every label_every_sec per camera, naming
+        the camera when the labelled camera changes and every NAME_EVERY_SEC."""
         with self._stats_lock:
             last = self._labelled_at.get(frame.camera_id)
             due = last is None or not (0.0 <= frame.stamp - last < self.config.label_every_sec)
+            named = False
             if due:
                 self._labelled_at[frame.camera_id] = frame.stamp
-            return due
+                named_at = self._named_at.get(frame.camera_id)
+                named = frame.camera_id != self._last_labelled_camera or named_at is None \
+                    or not (0.0 <= frame.stamp - named_at < NAME_EVERY_SEC)
+                self._last_labelled_camera = frame.camera_id
+                if named:
+                    self._named_at[frame.camera_id] = frame.stamp
+            return {"labelled": due, "named": named}
 
     # ---- decision side -------------------------------------------------------------------
     def submit(self, trigger: TriggerEvent) -> str:

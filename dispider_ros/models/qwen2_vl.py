@@ -27,8 +27,9 @@ never re-runs vision; `generate(parts, on_text, stop)` answers over memory items
   from the full sequence (transformers derives decode positions from it once a cache is
   non-empty), and the slot is cropped back to the prefix afterwards. Any error drops the
   caches.
-- Frame labels: a frame with `labelled` set gets the time label before it; the others only
-  their markers (the engine labels one frame every few seconds per camera).
+- Frame labels: a frame with `labelled` set gets a label before it (`frame_label`, naming
+  the camera, when `named` is set; else `time_label`); the others only their markers (the
+  engine labels one frame every few seconds per camera and names the camera on a change).
 """
 from __future__ import annotations
 
@@ -258,10 +259,12 @@ class Qwen2VLBackend(ReactionVLM):
         return prefix, suffix
 
     def _label(self, frame: FrameTokens) -> str:
-        if not frame.labelled or not self.config.frame_label:
+        template = (self.config.frame_label if frame.named else self.config.time_label) \
+            if frame.labelled else ""
+        if not template:
             return ""
-        return _plain(self.config.frame_label.format(camera_id=frame.camera_id, stamp=frame.stamp,
-                                                     frame_index=frame.frame_index))
+        return _plain(template.format(camera_id=frame.camera_id, stamp=frame.stamp,
+                                      frame_index=frame.frame_index))
 
     def _tokenize(self, text: str) -> np.ndarray:
         ids = self._text_ids.get(text)

@@ -27,8 +27,9 @@ class ReactionVLMConfig:
             (None = the checkpoint's own); fewer pixels = fewer visual tokens per frame.
         kv_reuse: keep the prefilled buffer prefix across triggers.
         system_prompt: the system message.
-        frame_label: text before each frame, formatted with camera_id, stamp, frame_index
-            ("" = none); tells the model which camera and when.
+        frame_label: text before a labelled frame that names its camera, formatted with
+            camera_id, stamp, frame_index ("" = none); tells the model which camera and when.
+        time_label: the same for a labelled frame that does not name its camera.
     """
 
     model: str = "tiny:qwen2_vl"
@@ -46,6 +47,7 @@ class ReactionVLMConfig:
     kv_reuse: bool = True
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     frame_label: str = "{camera_id} {stamp:.1f}s"
+    time_label: str = "{stamp:.1f}s"
 
     def __post_init__(self):
         if not isinstance(self.model, str) or not self.model.strip():
@@ -70,10 +72,11 @@ class ReactionVLMConfig:
                 raise ValueError(f"{name} {value!r} must be None or an int >= {28 * 28}")
         if self.min_pixels and self.max_pixels and self.min_pixels > self.max_pixels:
             raise ValueError(f"min_pixels {self.min_pixels} > max_pixels {self.max_pixels}")
-        try:
-            self.frame_label.format(camera_id="cam", stamp=0.0, frame_index=0)
-        except (KeyError, IndexError, ValueError, AttributeError) as error:
-            raise ValueError(f"frame_label {self.frame_label!r} is not a valid template: {error}") from None
+        for name in ("frame_label", "time_label"):
+            try:
+                getattr(self, name).format(camera_id="cam", stamp=0.0, frame_index=0)
+            except (KeyError, IndexError, ValueError, AttributeError) as error:
+                raise ValueError(f"{name} {getattr(self, name)!r} is not a valid template: {error}") from None
 
     def load_config(self, model_path: str) -> LoadConfig:
         return LoadConfig(model=model_path, device=self.device, dtype=self.dtype,

@@ -185,6 +185,8 @@ def test_memory_statistics_are_exact(model_path):
         feed(engine, frames(9, seed=3), 0)  # labels at 0, 2 and 4 s: frames 0, 4, 8
         items = engine.memory.snapshot()
         assert [f.labelled for f in items] == [i % 4 == 0 for i in range(9)]
+        assert [f.named for f in items if f.labelled] == [True, False, False]  # camera named once
+        assert vlm._label(items[0]) == "cam 0.0s" and vlm._label(items[4]) == "2.0s"
         stats = engine.memory.stats()
         assert stats["tokens"] == stats["visual_tokens"] + stats["frame_overhead_tokens"] + stats["turn_tokens"]
         assert stats["frames"] == 9 and stats["history_span_sec"] == 4.0
