@@ -115,6 +115,8 @@ def run(quick: bool, log=print, frames: int = 0) -> dict:
     engine = ReactionEngine(config, on_response, vlm=vlm)
     keeper = engine.keeper
     ttfts: List[float] = []
+    waits: List[float] = []  # submit -> the worker takes it (an idle step in progress)
+    model_ttfts: List[float] = []  # the model's own: prompt build, prefill, first token
     tails: List[bool] = []
     plans = []  # (trigger number, parts, raw frames window) for the baselines
     idle_sec = 0.0
@@ -145,6 +147,8 @@ def run(quick: bool, log=print, frames: int = 0) -> dict:
             tails.append(result.prefill_tokens <= question_tokens + new + 3)
             previous_arrival = max((it.arrival for it in parts.items), default=previous_arrival)
             ttfts.append(event.ttft_sec)
+            waits.append(event.extras["queue_wait_sec"])
+            model_ttfts.append(event.extras["model_ttft_sec"])
             plans.append((n, parts, i))
         idle = time.perf_counter()
         while keeper.pending() and time.perf_counter() - began < period:
@@ -192,6 +196,7 @@ def run(quick: bool, log=print, frames: int = 0) -> dict:
         "reencode_ratio_p50": round(median(reencode) / median(ours), 2),
         "tail_only_fraction": round(sum(tails[half:]) / len(tails[half:]), 3),
         "ours_first_half": _stats(ttfts[:half]),
+        "ours_parts_second_half": {"worker_wait": _stats(waits[half:]), "model": _stats(model_ttfts[half:])},
         "ours_ttft_ms": [round(1e3 * t, 1) for t in ttfts],
         "baseline_triggers": [n for n, _, _ in samples],
         "no_kv_reuse_ttft_ms": [round(1e3 * t, 1) for t in no_reuse],
