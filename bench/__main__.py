@@ -1,4 +1,4 @@
-"""Run the benchmark suite: `python -m bench --quick` (~3 min: the intake section starts real node processes) or `python -m bench` (< 10 min).
+"""Run the benchmark suite: `python -m bench --quick` (~5 min: the intake and graph sections start real node processes) or `python -m bench` (~10 min).
 
 Prints a table (each figure beside its baseline, target met/missed), writes
 {quick,full}.json and the figures (p4_bounded_cost.png, p3_ttft.png; `_quick` suffix for the
@@ -40,14 +40,15 @@ def _clean(value):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="short windows, few repeats (~3 min)")
+    parser.add_argument("--quick", action="store_true", help="short windows, few repeats (~5 min)")
     parser.add_argument("--out", type=Path, default=None,
                         help="results JSON (default: build/bench-results/, or bench/results/ with --record)")
     parser.add_argument("--record", action="store_true",
                         help="write the committed reference results in bench/results/ (make bench-quick RECORD=1)")
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SEC",
                         help="first wait up to SEC seconds for a 1-minute load average < 0.5")
-    parser.add_argument("--only", default="", help="comma list of sections: p1,p3,p4,p5,p6,intake (p1 runs P2 too)")
+    parser.add_argument("--only", default="", help="comma list of sections: p1,p3,p4,p5,p6,intake,graph "
+                        "(p1 runs P2 too; graph: P1/P2 through the three node processes)")
     args = parser.parse_args(argv)
     _env()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -113,6 +114,10 @@ def main(argv=None) -> int:
         from bench import intake
 
         section("intake", lambda: intake.run(args.quick))
+    if want("graph"):
+        from bench import graph_latency
+
+        section("p1_p2_graph", lambda: graph_latency.run(args.quick))
 
     report.summarize(results)
     if "p4_bounded" in results["sections"]:
