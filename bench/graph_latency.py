@@ -8,7 +8,7 @@ parameter file with only this benchmark's overrides, OVERRIDES, each with its re
 DEVIATIONS; a unique namespace; the shipped Fast DDS profile in every process, as
 dispider.launch.py sets it). The models are the bench-scale ones (bench/models.py) through
 the nodes' own `vision_model` / `vlm_model` parameters; the preset stays the shipped tiny
-(device cpu, float32). Three more processes, children of this module:
+(device cpu, float32). Three more processes (bench/graph_processes.py):
 - `camera`: real footage (bench.common.footage: single-shot clips cut into 1.5 s segments,
   hard cuts at known times) as 640x480 rgb8 sensor_msgs/Image at 10 fps, reliable
   keep-last 10, stamped with the wall clock at its schedule point;
@@ -24,7 +24,8 @@ the nodes' own `vision_model` / `vlm_model` parameters; the preset stays the shi
   does), asking the same questions at the same times as ours asked them (one per loop
   step, between frames): a loop that generates only when triggered, on ours' schedule.
 Both arms see the same camera schedule (fresh camera process each) and phases: warm-up,
-idle, busy, tail. Figures (one host: the camera's stamps and every receipt are wall time):
+idle, busy, tail. Figures (bench/graph_figures.py; one host: the camera's stamps and every
+receipt are wall time):
 - P1 = sampled rate while busy / idle: features (ours) or processed frames (baseline) with
   stamps in each window, windows shifted half a camera period off the frame times;
 - P2 trigger = narration trigger receipt (ours: at the observer, one DDS hop; baseline: its
@@ -55,24 +56,17 @@ import uuid
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from bench.common import REPO, percentile
+from bench.common import REPO
+from bench.graph_figures import (CONTEXT_BAND, MIN_TOKENS, NARRATION_ID, camera_seconds, span,
+                                 summarize_arm, windows)
+from bench.graph_processes import ANSWER_TIMEOUT_SEC, CAMERA_FPS, NARRATION, NODES, QUESTION
 
-NODES = ("perception_node", "decision_node", "reaction_node")
-CAMERA_FPS = 10.0
-NARRATION_ID = "narrate"
-NARRATION = "Narrate what happens, step by step."
-QUESTION = "Describe everything that is happening in the scene in detail."
 ANSWER_TOKENS = 256
 # Ours: unanswered "now" questions while busy. One: the next is asked when an answer's final
 # arrives (the reaction idles for one DDS round trip, ~ms), so a narration trigger waits for
 # at most the running answer, as it would beside one user asking; more would queue it behind
 # questions asked before it.
 BUSY_OUTSTANDING = 1
-# Answers counted in decode rates decode at least this many tokens after their first: a
-# narration answer preempted by the next cut 1.5 s later still decodes tens of tokens.
-MIN_TOKENS = 8
-CONTEXT_BAND = 0.15  # busy answers compared with alone ones: prompts within 15 % of theirs
-ANSWER_TIMEOUT_SEC = 120.0  # baseline: the longest one inline answer may take
 PHASES = {True: dict(warmup=2.0, idle=6.0, busy=15.0, tail=1.5, alone=2),  # quick
           False: dict(warmup=5.0, idle=20.0, busy=45.0, tail=3.0, alone=4)}
 
@@ -112,488 +106,6 @@ def node_overrides() -> Dict[str, Dict[str, object]]:
                    **OVERRIDES[node]} for node in NODES}
 
 
-# ---- records and figures (pure: unit-tested) --------------------------------------------------
-class Record:
-    """What one arm saw, in wall time: sampled frames, triggers, answers, questions asked."""
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.features: List[float] = []  # evidence stamps of sampled frames
-        self.triggers: List[dict] = []  # trigger_id, query_id, policy, stamp, wall
-        self.chunks: Dict[str, dict] = {}  # trigger_id -> query_id, walls, tokens (so far)
-        self.finals: List[dict] = []
-        self.asks: List[list] = []  # [query_id, wall]
-        self.extra: Dict[str, object] = {}
-
-    def feature(self, stamp: float) -> None:
-        with self.lock:
-            self.features.append(stamp)
-
-    def trigger(self, trigger_id: str, query_id: str, policy: str, stamp: float, wall: float) -> None:
-        with self.lock:
-            self.triggers.append({"trigger_id": trigger_id, "query_id": query_id,
-                                  "policy": policy, "stamp": stamp, "wall": wall})
-
-    def chunk(self, trigger_id: str, query_id: str, tokens: int, wall: float) -> None:
-        with self.lock:
-            entry = self.chunks.setdefault(trigger_id, {"query_id": query_id, "walls": [],
-                                                        "tokens": []})
-            entry["walls"].append(round(wall, 4))
-            entry["tokens"].append(tokens)
-
-    def final(self, **fields) -> None:
-        with self.lock:
-            self.finals.append(fields)
-
-    def ask(self, query_id: str, wall: float) -> None:
-        with self.lock:
-            self.asks.append([query_id, wall])
-
-    def finals_of(self, prefix: str) -> int:
-        with self.lock:
-            return sum(1 for f in self.finals if f["query_id"].startswith(prefix))
-
-    def to_json(self) -> dict:
-        with self.lock:
-            return {"features": list(self.features), "triggers": list(self.triggers),
-                    "chunks": {k: dict(v) for k, v in self.chunks.items()},
-                    "finals": list(self.finals),
-                    "asks": list(self.asks), **self.extra}
-
-
-def windows(plan: dict) -> dict:
-    """Wall-time windows of the phases; edges half a camera period off the frame stamps."""
-    half = 0.5 / plan["camera_fps"]
-    idle = plan["wall0"] + plan["warmup"] + half
-    busy = idle + plan["idle"]
-    end = busy + plan["busy"]
-    return {"idle": (idle, busy), "busy": (busy, end),
-            "camera_end": plan["wall0"] + camera_seconds(plan)}
-
-
-def camera_seconds(plan: dict) -> float:
-    return plan["warmup"] + plan["idle"] + plan["busy"] + plan["tail"]
-
-
-def _inside(t: float, window) -> bool:
-    return window[0] <= t < window[1]
-
-
-def span(entry: dict, window=None) -> Optional[dict]:
-    """An answer's decoding between its first and last chunk (inside `window` if given):
-    query_id, first/last wall and tokens; None with fewer than two chunks there."""
-    inside = [i for i, wall in enumerate(entry["walls"]) if window is None or _inside(wall, window)]
-    if len(inside) < 2:
-        return None
-    first, last = inside[0], inside[-1]
-    return {"query_id": entry["query_id"], "first_wall": entry["walls"][first],
-            "first_tokens": entry["tokens"][first], "last_wall": entry["walls"][last],
-            "last_tokens": entry["tokens"][last]}
-
-
-def decode_rate(chunks: List[dict]) -> Optional[float]:
-    """Decode-only tokens/s over answers: tokens between first and last chunk / their seconds."""
-    tokens = sum(c["last_tokens"] - c["first_tokens"] for c in chunks)
-    seconds = sum(c["last_wall"] - c["first_wall"] for c in chunks)
-    return tokens / seconds if seconds > 0 else None
-
-
-def rate_at(answers: List[dict], prompt_tokens: float) -> Optional[float]:
-    """Decode tokens/s at `prompt_tokens` from a token-weighted least-squares line of seconds
-    per token against prompt tokens (attention makes each token's cost grow with the
-    context); None without 3 answers spread over 20 % of that size or a positive reading."""
-    points = [(c["prompt_tokens"], (c["last_wall"] - c["first_wall"]) / n, n) for c in answers
-              if c["prompt_tokens"] and (n := c["last_tokens"] - c["first_tokens"]) > 0]
-    if len(points) < 3 or max(x for x, _, _ in points) - min(x for x, _, _ in points) < 0.2 * prompt_tokens:
-        return None
-    total = sum(w for _, _, w in points)
-    mx = sum(w * x for x, _, w in points) / total
-    my = sum(w * y for _, y, w in points) / total
-    slope = sum(w * (x - mx) * (y - my) for x, y, w in points) / sum(w * (x - mx) ** 2 for x, _, w in points)
-    seconds = my + slope * (prompt_tokens - mx)
-    return 1.0 / seconds if seconds > 0 else None
-
-
-def _first_after(values: List[tuple], since: float) -> Optional[float]:
-    """The earliest wall time of (stamp, wall) pairs whose stamp is at or after `since`."""
-    walls = [wall for stamp, wall in values if stamp >= since - 1e-6]
-    return min(walls) if walls else None
-
-
-def summarize_arm(record: dict, plan: dict) -> dict:
-    """P1, P2 and decode figures of one arm's record over the plan's windows."""
-    win = windows(plan)
-    period = 1.0 / plan["sample_fps"]
-    idle_n = sum(1 for s in record["features"] if _inside(s, win["idle"]))
-    busy_n = sum(1 for s in record["features"] if _inside(s, win["busy"]))
-    idle_rate, busy_rate = idle_n / plan["idle"], busy_n / plan["busy"]
-    narration = [t for t in record["triggers"] if t["query_id"] == NARRATION_ID]
-    in_busy = [t for t in narration if _inside(t["stamp"], win["busy"])]
-    chunks = record["chunks"]
-    trigger_sec = [t["wall"] - t["stamp"] for t in in_busy]
-    first_sec = [chunks[t["trigger_id"]]["walls"][0] - t["stamp"] for t in in_busy
-                 if t["trigger_id"] in chunks]
-    # Scene cuts of the footage while busy -> the first narration trigger / token showing them.
-    end = record.get("end_wall", win["camera_end"])
-    seen = [(t["stamp"], t["wall"]) for t in narration]
-    spoken = [(t["stamp"], chunks[t["trigger_id"]]["walls"][0]) for t in narration
-              if t["trigger_id"] in chunks]
-    cuts = [c for c in plan.get("cuts", []) if _inside(c, win["busy"])]
-    cut_trigger, cut_token, detected = [], [], 0
-    for cut in cuts:
-        first = _first_after(seen, cut)
-        detected += first is not None
-        cut_trigger.append((first if first is not None else end) - cut)
-        token = _first_after(spoken, cut)
-        cut_token.append((token if token is not None else end) - cut)
-    # Decode slows with context: the busy answers compared with the alone ones are those whose
-    # prompts are within CONTEXT_BAND of the alone answers' mean; if none is, a line through
-    # the busy answers' seconds per token against prompt tokens, read at the alone prompts.
-    prompts = {f["trigger_id"]: f.get("prompt_tokens") or 0 for f in record["finals"]}
-
-    def answers(window=None) -> List[dict]:
-        spans = [(t, span(c, window)) for t, c in chunks.items()]
-        return [dict(c, prompt_tokens=prompts.get(t, 0)) for t, c in spans
-                if c is not None and c["last_tokens"] - c["first_tokens"] >= MIN_TOKENS]
-
-    long_answers = answers()
-    # Decoding while the camera feeds perception: each answer's part from busy start on.
-    busy_answers = answers((win["busy"][0], win["camera_end"]))
-    alone = [c for c in long_answers if c["query_id"].startswith("alone-")]
-    alone_prompt = _mean(c["prompt_tokens"] for c in alone)
-    matched = [c for c in busy_answers if alone_prompt
-               and abs(c["prompt_tokens"] - alone_prompt) <= CONTEXT_BAND * alone_prompt]
-    with_perception = matched or busy_answers
-    decode_busy, context = decode_rate(matched), "matched"
-    if not matched:
-        decode_busy = rate_at(busy_answers, alone_prompt) if alone_prompt else None
-        context = "fit"
-        if decode_busy is None:
-            decode_busy, context = decode_rate(busy_answers), "not matched"
-
-    def p(values, q, scale=1.0, digits=3):
-        value = percentile(values, q)
-        return round(value / scale, digits) if value == value else None
-
-    return {
-        "idle_fps": round(idle_rate, 3), "busy_fps": round(busy_rate, 3),
-        "ratio": round(busy_rate / idle_rate, 3) if idle_rate else None,
-        "sampled_idle": idle_n, "sampled_busy": busy_n,
-        "grid_points_idle": int(round(plan["idle"] * plan["sample_fps"])),
-        "grid_points_busy": int(round(plan["busy"] * plan["sample_fps"])),
-        "narration_triggers_busy": len(in_busy), "narration_answered_busy": len(first_sec),
-        "trigger_sec_p50": p(trigger_sec, 50), "trigger_sec_p95": p(trigger_sec, 95),
-        "trigger_p50_periods": p(trigger_sec, 50, period), "trigger_p95_periods": p(trigger_sec, 95, period),
-        "first_token_sec_p50": p(first_sec, 50), "first_token_sec_p95": p(first_sec, 95),
-        "cuts_busy": len(cuts), "cuts_detected": detected,
-        "cut_to_trigger_p95_periods": p(cut_trigger, 95, period),
-        "cut_to_first_token_sec_p95": p(cut_token, 95),
-        "decode_tps_with_perception": _round(decode_busy),
-        "decode_answers_with_perception": len(with_perception),
-        "decode_context": context,  # matched | fit | not matched
-        "prompt_tokens_mean_with_perception": _round(_mean(c["prompt_tokens"] for c in with_perception)),
-        "decode_tps_alone": _round(decode_rate(alone)), "decode_answers_alone": len(alone),
-        "prompt_tokens_mean_alone": _round(alone_prompt),
-        "decode_tps_busy_all": _round(decode_rate(busy_answers)),
-        "decode_answers_busy_all": len(busy_answers),
-        "prompt_tokens_mean_busy_all": _round(_mean(c["prompt_tokens"] for c in busy_answers)),
-        "decode_tps_all": _round(decode_rate(long_answers)), "decode_answers_all": len(long_answers),
-        "questions_asked": len(record["asks"]), "triggers": len(record["triggers"]),
-        "finals": len(record["finals"]),
-        "finals_by_error_code": _count(f["error_code"] for f in record["finals"]),
-    }
-
-
-def _mean(values) -> Optional[float]:
-    values = [v for v in values if v]
-    return sum(values) / len(values) if values else None
-
-
-def _round(value: Optional[float], digits: int = 1) -> Optional[float]:
-    return None if value is None else round(value, digits)
-
-
-def _count(values) -> Dict[str, int]:
-    out: Dict[str, int] = {}
-    for v in values:
-        out[str(v)] = out.get(str(v), 0) + 1
-    return out
-
-
-def _ros_record(record: Record, msg, wall: float) -> None:
-    """A Response message into the record (chunk or final)."""
-    stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
-    if msg.final:
-        record.final(trigger_id=msg.trigger_id, query_id=msg.query_id, stamp=stamp, wall=wall,
-                     token_count=int(msg.token_count), error_code=int(msg.error_code),
-                     prompt_tokens=int(msg.prompt_tokens), reused_tokens=int(msg.reused_tokens),
-                     ttft_sec=float(msg.ttft_sec))
-    else:
-        record.chunk(msg.trigger_id, msg.query_id, int(msg.token_count), wall)
-
-
-# ---- children ----------------------------------------------------------------------------------
-def _emit(value: dict) -> None:
-    print(json.dumps(value), flush=True)
-
-
-def _read_start() -> float:
-    """The camera's first schedule point (wall time), sent by the parent on stdin."""
-    line = sys.stdin.readline()
-    if not line:
-        raise SystemExit("parent closed stdin before the start")
-    return float(json.loads(line)["wall0"])
-
-
-class _Ros:
-    """An rclpy node in its own context, spinning on a thread."""
-
-    def __init__(self, name: str):
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
-
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context)
-        self.node = rclpy.create_node(f"{name}_{os.getpid()}", context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self._spin, daemon=True)
-        self.thread.start()
-
-    def _spin(self) -> None:
-        from rclpy.executors import ExternalShutdownException
-
-        try:
-            self.executor.spin()
-        except ExternalShutdownException:
-            pass
-
-    def close(self) -> None:
-        import rclpy
-
-        self.executor.shutdown(timeout_sec=2)
-        self.thread.join(2.0)  # a spin thread still in rclpy at interpreter exit aborts it
-        self.node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
-
-
-def _wait(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.05)
-
-
-def camera_main(topic: str, seconds: float, match_timeout: float = 240.0) -> None:
-    """Publish the footage at CAMERA_FPS from the parent's start time for `seconds`."""
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from sensor_msgs.msg import Image
-
-    from bench.common import SINGLE_SHOT_CLIPS, footage
-    from dispider_ros.nodes.camera_player import rgb_to_image
-
-    stream = footage(fps=CAMERA_FPS, clips=SINGLE_SHOT_CLIPS)
-    ros = _Ros("graph_bench_camera")
-    try:
-        # What most drivers offer (rmw default): reliable, keep-last 10.
-        publisher = ros.node.create_publisher(Image, topic, QoSProfile(
-            depth=10, reliability=ReliabilityPolicy.RELIABLE))
-        messages = [rgb_to_image(f, 0.0, "camera") for f in stream.frames]
-        _wait(lambda: publisher.get_subscription_count() >= 1, match_timeout, f"a subscriber on {topic}")
-        _emit({"ready": True})
-        wall0 = _read_start()
-        total, late = int(round(seconds * CAMERA_FPS)), 0
-        for k in range(total):
-            stamp = wall0 + k / CAMERA_FPS
-            delay = stamp - time.time()
-            if delay > 0:
-                time.sleep(delay)
-            elif delay < -1.0 / CAMERA_FPS:
-                late += 1
-            msg = messages[k % len(messages)]
-            msg.header.stamp.sec = int(stamp)
-            msg.header.stamp.nanosec = int((stamp - int(stamp)) * 1e9)
-            publisher.publish(msg)
-        _emit({"published": total, "late": late, "source": stream.source,
-               "cuts": [wall0 + c for c in stream.cuts_between(0.0, seconds)]})
-    finally:
-        ros.close()
-
-
-def observe_main(namespace: str, plan: dict) -> None:
-    """Ours: watch the launched graph's topics and ask the questions; print the record."""
-    from diagnostic_msgs.msg import DiagnosticArray
-
-    from dispider_ros.msg import FrameFeature, Query, Response, Trigger
-    from dispider_ros.nodes.base import RELIABLE_INPUT
-    from dispider_ros.nodes.convert import header
-
-    record = Record()
-    diagnostics: Dict[str, dict] = {}
-    ros = _Ros("graph_bench_observer")
-    node = ros.node
-
-    def stamp_of(msg) -> float:
-        return msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
-
-    def on_trigger(msg) -> None:
-        record.trigger(msg.trigger_id, msg.query_id, msg.policy, stamp_of(msg), time.time())
-
-    def on_diagnostics(msg) -> None:
-        for status in msg.status:
-            for name in NODES:
-                if status.name.endswith(f"{namespace}/{name}"):
-                    diagnostics[name] = {kv.key: kv.value for kv in status.values}
-
-    def topic(name: str) -> str:
-        return f"{namespace}/{name}"
-
-    def subscribed(name: str, node_name: str) -> bool:
-        return any(info.node_name == node_name for info in node.get_subscriptions_info_by_topic(topic(name)))
-
-    node.create_subscription(FrameFeature, topic("features"), lambda m: record.feature(stamp_of(m)),
-                             RELIABLE_INPUT)
-    node.create_subscription(Trigger, topic("trigger"), on_trigger, RELIABLE_INPUT)
-    for name in ("response", "response_stream"):
-        node.create_subscription(Response, topic(name),
-                                 lambda m: _ros_record(record, m, time.time()), RELIABLE_INPUT)
-    node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 50)
-    query_pub = node.create_publisher(Query, topic("query"), RELIABLE_INPUT)
-    try:
-        # Every node active: each creates these subscriptions when it activates.
-        _wait(lambda: (subscribed("image", "perception_node") and subscribed("features", "decision_node")
-                       and subscribed("trigger", "reaction_node")
-                       and subscribed("sampled_image", "reaction_node")
-                       and query_pub.get_subscription_count() >= 1), 300, "the three nodes active")
-        _emit({"ready": True})
-        plan = dict(plan, wall0=_read_start())
-        win = windows(plan)
-        asked = 0
-
-        def ask(query_id: str, text: str, mode: str, cancel: bool = False) -> None:
-            query_pub.publish(Query(header=header(0.0), query_id=query_id, text=text, mode=mode,
-                                    cancel=cancel))  # zero stamp: "now" = the latest frame
-            if not cancel:
-                record.ask(query_id, time.time())
-
-        _sleep_until(win["busy"][0])
-        ask(NARRATION_ID, NARRATION, "boundary")
-        while time.time() < win["busy"][1]:
-            if asked - record.finals_of("busy-") < plan["outstanding"]:
-                ask(f"busy-{asked}", QUESTION, "now")
-                asked += 1
-            time.sleep(0.01)
-        _sleep_until(win["camera_end"] + 0.5)
-        # Camera stopped, so no new triggers: the waiting ones (a narration trigger of the last
-        # seconds) are answered before the narration ends.
-        with record.lock:
-            pending = {t["trigger_id"] for t in record.triggers}
-        _wait(lambda: pending <= {f["trigger_id"] for f in record.to_json()["finals"]},
-              2 * ANSWER_TIMEOUT_SEC, "finals of every busy trigger")
-        record.extra["end_wall"] = time.time()  # cuts never spoken of count to here
-        ask(NARRATION_ID, "", "", cancel=True)
-        # The reaction alone: camera stopped, nothing else running, one answer at a time.
-        for i in range(plan["alone"]):
-            ask(f"alone-{i}", QUESTION, "now")
-            _wait(lambda: record.finals_of(f"alone-{i}") >= 1, ANSWER_TIMEOUT_SEC, f"answer alone-{i}")
-        time.sleep(1.2)  # one more diagnostics period
-        record.extra["diagnostics"] = {name: {k: v for k, v in values.items() if k.startswith((
-            "frames_", "processed_fps", "queue_lag", "fault.", "sampled", "dropped", "queue",
-            "memory", f"{topic('image')}/"))} for name, values in diagnostics.items()}
-        _emit(record.to_json())
-    finally:
-        ros.close()
-
-
-def _sleep_until(wall: float) -> None:
-    delay = wall - time.time()
-    if delay > 0:
-        time.sleep(delay)
-
-
-def sequential_main(namespace: str, plan: dict) -> None:
-    """The baseline: the same stages in one StreamingGraph, each trigger answered inline."""
-    from sensor_msgs.msg import Image
-
-    from bench import models
-    from bench.common import set_threads
-    from dispider_ros import compose
-    from dispider_ros.core.queries import QueryRejected
-    from dispider_ros.core.sampler import LatestSlot, RejectedFrame
-    from dispider_ros.core.types import QuerySpec
-    from dispider_ros.imaging import message_to_rgb8
-    from dispider_ros.nodes.camera_input import camera_qos
-    from rclpy.qos import QoSReliabilityPolicy
-
-    settings = {node: models.node_settings(node, plan["overrides"][node]) for node in NODES}
-    set_threads(settings["perception_node"]["torch_threads"])
-    record = Record()
-
-    def on_response(event) -> None:
-        wall = time.time()
-        if event.final:
-            record.final(trigger_id=event.trigger_id, query_id=event.query_id, stamp=event.stamp,
-                         wall=wall, token_count=int(event.token_count),
-                         error_code=int(event.error_code),
-                         prompt_tokens=int(event.extras.get("prompt_tokens", 0) or 0),
-                         reused_tokens=int(event.extras.get("reused_tokens", 0) or 0),
-                         ttft_sec=float(event.ttft_sec))
-        else:
-            record.chunk(event.trigger_id, event.query_id, int(event.token_count), wall)
-
-    def on_trigger(trigger) -> None:
-        record.trigger(trigger.trigger_id, trigger.query_id, trigger.policy, trigger.stamp, time.time())
-
-    composition = compose.build_graph(settings, on_response, answer_timeout_sec=ANSWER_TIMEOUT_SEC,
-                                      on_trigger=on_trigger, id_prefix="seq")
-    graph = composition.graph
-    camera_id = f"{namespace}/image"  # the camera id perception_node gives this topic
-    slot: LatestSlot = LatestSlot()
-
-    def on_image(msg) -> None:  # stamp-first sampling; only due messages are kept
-        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
-        try:
-            index = graph.take(camera_id, stamp)
-        except RejectedFrame:
-            return
-        if index is not None:
-            slot.put((msg, stamp, index))
-
-    ros = _Ros("graph_bench_sequential")
-    try:
-        ros.node.create_subscription(Image, camera_id, on_image, camera_qos(QoSReliabilityPolicy.RELIABLE))
-        _emit({"ready": True})
-        plan = dict(plan, wall0=_read_start())
-        win = windows(plan)
-        pending = sorted((win["busy"][0] + offset, query_id, mode, text)
-                         for offset, query_id, mode, text in plan["asks"])
-        latest, rejected = None, 0
-        while time.time() < win["camera_end"] + 1.0:
-            item = slot.get(timeout=0.05)
-            if item is not None:
-                msg, stamp, index = item
-                frame = graph.frame(camera_id, stamp, index, message_to_rgb8(msg), msg.header.frame_id)
-                graph.process([frame])  # triggers answered before it returns
-                record.feature(stamp)
-                latest = stamp
-            if pending and latest is not None and pending[0][0] <= time.time():
-                _, query_id, mode, text = pending.pop(0)  # one question per loop step
-                record.ask(query_id, time.time())
-                try:
-                    graph.ask(QuerySpec(query_id=query_id, text=text, mode=mode, stamp=latest), latest)
-                except QueryRejected:
-                    rejected += 1
-        record.extra.update(end_wall=time.time(), not_asked=len(pending), rejected=rejected,
-                            due_overwritten=slot.overwritten)
-        graph.wait_idle(ANSWER_TIMEOUT_SEC)
-        _emit(record.to_json())
-    finally:
-        ros.close()
-        composition.close()
-
-
-# ---- the parent: processes, phases, figures ---------------------------------------------------
 class _Child:
     """A child process in its own session, JSON lines on stdout, stdin for the start time."""
 
@@ -652,7 +164,7 @@ def _exited(children: List[_Child], timeout: float = 15.0) -> None:
 
 
 def _module(*args: str) -> List[str]:
-    return [sys.executable, "-m", "bench.graph_latency", *args]
+    return [sys.executable, "-m", "bench.graph_processes", *args]
 
 
 def _start(children: list, wall_lead: float = 1.0) -> float:
@@ -864,30 +376,14 @@ def run(quick: bool, log=print, log_dir: Optional[Path] = None) -> dict:
                    "sequential": {k: seq_camera[k] for k in ("published", "late")}},
     }
 
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.graph_latency",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short phases (~90 s)")
-    sub = parser.add_subparsers(dest="command")
-    c = sub.add_parser("camera")
-    c.add_argument("topic")
-    c.add_argument("seconds", type=float)
-    for name in ("observe", "sequential"):
-        p = sub.add_parser(name)
-        p.add_argument("namespace")
-        p.add_argument("plan", help="JSON")
     args = parser.parse_args(argv)
-    if args.command == "camera":
-        camera_main(args.topic, args.seconds)
-    elif args.command == "observe":
-        observe_main(args.namespace, json.loads(args.plan))
-    elif args.command == "sequential":
-        sequential_main(args.namespace, json.loads(args.plan))
-    else:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("DISPIDER_CACHE", str(REPO / "build" / "bench-cache"))  # as python -m bench
-        print(json.dumps(run(args.quick, log=lambda s: print(s, file=sys.stderr, flush=True)), indent=1))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("DISPIDER_CACHE", str(REPO / "build" / "bench-cache"))  # as python -m bench
+    print(json.dumps(run(args.quick, log=lambda s: print(s, file=sys.stderr, flush=True)), indent=1))
     return 0
 
 

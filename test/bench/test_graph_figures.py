@@ -1,7 +1,7 @@
-"""The through-the-graph P1/P2 section's figures from a synthetic record (no processes, no timing)."""
+"""bench/graph_figures.py on a synthetic record: no processes, no timing."""
 import pytest
 
-from bench.graph_latency import NARRATION_ID, rate_at, span, summarize_arm, windows
+from bench.graph_figures import NARRATION_ID, rate_at, span, summarize_arm, windows
 
 PLAN = {"wall0": 1000.0, "warmup": 2.0, "idle": 6.0, "busy": 15.0, "tail": 1.5,
         "sample_fps": 2.0, "camera_fps": 10.0, "cuts": [1010.0, 1011.5, 1013.0]}
