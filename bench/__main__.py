@@ -1,4 +1,4 @@
-"""Run the benchmark suite: `python -m bench --quick` (~3 min: the intake section starts real node processes) or `python -m bench` (< 10 min).
+"""Run the benchmark suite: `python -m bench --quick` (~5 min: the intake and graph sections start real node processes) or `python -m bench` (~10 min).
 
 Prints a table (each figure beside its baseline, target met/missed), writes
 {quick,full}.json and the figures (p4_bounded_cost.png, p3_steady.png; `_quick` suffix for the
@@ -8,7 +8,6 @@ committed reference results in bench/results/. See bench/README.md.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import math
@@ -40,23 +39,23 @@ def _clean(value):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="short windows, few repeats (~3 min)")
+    parser.add_argument("--quick", action="store_true", help="short windows, few repeats (~5 min)")
     parser.add_argument("--out", type=Path, default=None,
                         help="results JSON (default: build/bench-results/, or bench/results/ with --record)")
     parser.add_argument("--record", action="store_true",
                         help="write the committed reference results in bench/results/ (make bench-quick RECORD=1)")
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SEC",
                         help="first wait up to SEC seconds for a 1-minute load average < 0.5")
-    parser.add_argument("--only", default="", help="comma list of sections: p1,p3,p4,p5,p6,intake (p1 runs P2 too)")
+    parser.add_argument("--only", default="", help="comma list of sections: graph (= p1: P1/P2 through the three node "
+                        "processes),p3,p4,p5,p6,intake")
     args = parser.parse_args(argv)
     _env()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     import transformers
 
     transformers.logging.set_verbosity_error()
-    from bench import bounded, models, nonblocking, overhead, replay_speed, report, steady
-    from bench.common import (SINGLE_SHOT_CLIPS, distinct_frames, footage, load_average, machine,
-                              set_threads, wait_quiet)
+    from bench import bounded, models, overhead, replay_speed, report, steady
+    from bench.common import distinct_frames, load_average, machine, set_threads, wait_quiet
 
     mode = "quick" if args.quick else "full"
     folder = results_dir(args.record)
@@ -93,15 +92,9 @@ def main(argv=None) -> int:
         return value
 
     if want("p5"):
-        section("p5_overhead", lambda: overhead.run(encoder, vlm, frames, args.quick))
+        section("p5_overhead", lambda: overhead.run(encoder, vlm, frames, args.quick))  # noqa: F821 (del below)
     if want("p3"):
         section("p3_steady", lambda: steady.run(args.quick))
-    if want("p1"):
-        answer = 256
-        vlm.config = dataclasses.replace(vlm.config, max_new_tokens=answer, min_new_tokens=answer)
-        stream = footage(clips=SINGLE_SHOT_CLIPS)
-        section("p1_p2_nonblocking", lambda: dict(nonblocking.run(encoder, vlm, stream, args.quick),
-                                                  footage=stream.source))
     del frames
     if want("p4"):
         section("p4_bounded", lambda: bounded.run(args.quick))
@@ -111,6 +104,10 @@ def main(argv=None) -> int:
         from bench import intake
 
         section("intake", lambda: intake.run(args.quick))
+    if want("graph") or want("p1"):
+        from bench import graph_latency
+
+        section("p1_p2_graph", lambda: graph_latency.run(args.quick))
 
     report.summarize(results)
     if "p4_bounded" in results["sections"]:
