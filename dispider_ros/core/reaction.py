@@ -99,6 +99,8 @@ class ReactionConfig:
             prompt, per camera, >= 0 (0 = every frame).
         warm_step_tokens: tokens one idle-time prefill step computes at most, >= 1: the
             longest a trigger arriving mid-step waits for it.
+        settle_sec: idle prefill starts once no frame arrived for this long, >= 0 (a live
+            camera leaves gaps of a sampling period; a replay's burst is prefilled at once).
         worker_threads: torch intra-op threads of the worker, >= 1 (1 on small CPUs, so
             generation leaves a core to perception).
         poll_sec: the worker's queue read timeout, so close() is noticed, > 0.
@@ -113,6 +115,7 @@ class ReactionConfig:
     max_backward_jump_sec: float = 1.0
     label_every_sec: float = schema.default("reaction_node", "frame_label_every_sec")
     warm_step_tokens: int = 64
+    settle_sec: float = 0.02
     worker_threads: int = 1
     poll_sec: float = 0.1
 
@@ -131,6 +134,8 @@ class ReactionConfig:
         if not (0.0 <= self.max_backward_jump_sec < math.inf):
             raise ValueError(f"max_backward_jump_sec {self.max_backward_jump_sec!r} must be a "
                              "finite number >= 0")
+        if not (0.0 <= self.settle_sec < math.inf):
+            raise ValueError(f"settle_sec {self.settle_sec!r} must be a finite number >= 0")
         if not (self.poll_sec > 0.0):
             raise ValueError(f"poll_sec {self.poll_sec!r} must be > 0")
 
@@ -189,6 +194,7 @@ class ReactionEngine:
         budget = config.memory.max_tokens
         self.keeper = PrefixKeeper(self.memory, vlm, config.warm_step_tokens,
                                    slack_tokens=max(config.warm_step_tokens, budget // 10))
+        self._last_arrival = -math.inf  # monotonic time of the newest ingested frame
         self._labelled_at: Dict[str, float] = {}  # camera -> stamp of its last labelled frame
         self._named_at: Dict[str, float] = {}  # camera -> stamp of its last label naming it
         self._last_labelled_camera = ""
@@ -232,6 +238,7 @@ class ReactionEngine:
                                        frame_index=frame.index, frame_id=frame.frame_id)
         stored = self.memory.add_frame(dataclasses.replace(tokens, **self._label(frame)))
         with self._cond:
+            self._last_arrival = time.monotonic()
             self._cond.notify_all()  # the worker prefills it when idle
         with self._stats_lock:
             self.counts["frames_ingested"] += 1
@@ -388,8 +395,13 @@ class ReactionEngine:
         torch.set_num_threads(self.config.worker_threads)
         while True:
             with self._cond:
-                while not self._queue and not self._closing and not self.keeper.pending():
-                    self._cond.wait(self.config.poll_sec)
+                while not self._queue and not self._closing:
+                    # Idle prefill once the stream pauses (no arrival for settle_sec): a burst
+                    # of frames (a replay) is prefilled in one step, not one step a frame.
+                    settled = time.monotonic() - self._last_arrival - self.config.settle_sec
+                    if settled >= 0 and self.keeper.pending():
+                        break
+                    self._cond.wait(min(self.config.poll_sec, -settled) if settled < 0 else self.config.poll_sec)
                 if self._closing:
                     self._current = None
                     self._cond.notify_all()
