@@ -47,7 +47,8 @@ def main(argv=None) -> int:
                         help="write the committed reference results in bench/results/ (make bench-quick RECORD=1)")
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SEC",
                         help="first wait up to SEC seconds for a 1-minute load average < 0.5")
-    parser.add_argument("--only", default="", help="comma list of sections: p1,p3,p4,p5,p6,intake (p1 runs P2 too)")
+    parser.add_argument("--only", default="", help="comma list of sections: p1,p3,p4,p5,p6,intake,"
+                        "split (p1 runs P2 too; split needs root)")
     args = parser.parse_args(argv)
     _env()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -113,6 +114,10 @@ def main(argv=None) -> int:
         from bench import intake
 
         section("intake", lambda: intake.run(args.quick))
+    if want("split"):
+        from bench import split_link
+
+        section("split_link", lambda: split_link.run(args.quick))
 
     report.summarize(results)
     if "p4_bounded" in results["sections"]:
