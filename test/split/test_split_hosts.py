@@ -55,7 +55,6 @@ def split(tmp_path_factory):
     folder = tmp_path_factory.mktemp("split-hosts")
     lab = Lab(folder)
     agent = None
-    codes = {}
     try:
         lab.open()
         namespace = unique_namespace("split")
@@ -81,8 +80,10 @@ def split(tmp_path_factory):
 
 
 def _record(agent):
-    lines = agent.record.read_text().splitlines() if agent.record.is_file() else []
-    return [json.loads(line) for line in lines]
+    """The run record's lines so far (the agent writes it as events happen: a last line
+    still being written is left for the next read)."""
+    text = agent.record.read_text() if agent.record.is_file() else ""
+    return [json.loads(line) for line in text.split("\n")[:-1] if line]
 
 
 def _unanswered(agent):
