@@ -29,6 +29,8 @@ TARGETS = {
     "p6_speed_factor": ("P6 offline replay speed (tiny models)", ">= 5x", lambda v: v >= 5.0, "x"),
     "intake_sampled_ratio_min": ("Intake features / sample_fps, worst of 4 streams (DDS profile)",
                                  ">= 0.95", lambda v: v >= 0.95, "x"),
+    "split_vs_raw_camera_ratio": ("Split hosts: raw camera bytes/s / link bytes/s (JPEG frames)",
+                                  ">= 20", lambda v: v >= 20.0, "x"),
 }
 
 
@@ -219,6 +221,17 @@ def summarize(results: dict) -> dict:
                             for c in intake["ours"]["cases"]))
     if "p1_p2_graph" in s:
         _summarize_graph(s["p1_p2_graph"], results, baselines)
+    if "split_link" in s:  # robot and server hosts (bench/split_link.py); skipped without root
+        split = s["split_link"]
+        if "skipped" in split:
+            results["split_link_skipped"] = split["skipped"]
+        else:
+            results["split_link_bytes_per_sec"] = split["split_link_bytes_per_sec"]
+            results["split_vs_raw_camera_ratio"] = split["split_vs_raw_camera_ratio"]
+            baselines["split_vs_raw_camera_ratio"] = (
+                f"raw sampled frames {split['raw']['raw_camera_over_link']:.1f}x "
+                f"({split['raw']['link_bytes_per_sec'] / 1e6:.2f} MB/s); JPEG "
+                f"{split['jpeg']['link_bytes_per_sec'] / 1e3:.0f} kB/s")
     results["baselines"] = baselines
     results["verdicts"] = verdicts(results)
     return results

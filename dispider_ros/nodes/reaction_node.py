@@ -47,6 +47,10 @@ class ReactionNode(DispiderNode):
         self._frames: "queue.Queue[Optional[SampledImage]]" = queue.Queue(maxsize=FRAME_BACKLOG)
         self._ingest_thread: Optional[threading.Thread] = None
         self.frames_backlog_dropped = 0
+        # Gaps in each camera's frame_index: sampled frames that never arrived (a slow or
+        # broken link drops the oldest ones from the writer's keep-last history).
+        self._last_index: Dict[str, int] = {}
+        self.frames_missed = 0
         self.overlay: Optional[OverlayState] = None  # overlay on: what it draws
         self.overlay_pub = None
         self.overlay_inputs: list = []
@@ -64,6 +68,7 @@ class ReactionNode(DispiderNode):
             self.overlay_pub = self.create_lifecycle_publisher(Image, "overlay", OVERLAY_QOS)
 
     def activate_io(self) -> None:
+        self._last_index = {}
         self._ingest_thread = threading.Thread(target=self._ingest_loop, name="frame-ingest",
                                                daemon=True)
         self._ingest_thread.start()
@@ -127,6 +132,10 @@ class ReactionNode(DispiderNode):
     # -- data path -----------------------------------------------------------------------
     def _on_frame(self, msg: SampledImage) -> None:
         """Executor thread: queue the sampled frame for the ingest worker (never blocks)."""
+        index, last = int(msg.frame_index), self._last_index.get(msg.camera_id)
+        if last is not None and index > last + 1:
+            self.frames_missed += index - last - 1
+        self._last_index[msg.camera_id] = index  # lower: perception restarted its count
         self._put_frame(msg)
 
     def _put_frame(self, item: Optional[SampledImage]) -> None:
@@ -244,7 +253,8 @@ class ReactionNode(DispiderNode):
     def status_values(self) -> Dict[str, Any]:
         values: Dict[str, Any] = {"model": self.resolved.get("model", ""),
                                   "frames_backlog": self._frames.qsize(),
-                                  "frames_backlog_dropped": self.frames_backlog_dropped}
+                                  "frames_backlog_dropped": self.frames_backlog_dropped,
+                                  "frames_missed": self.frames_missed}
         if self.overlay is not None:
             values["overlays_published"] = self.overlays_published
         engine = self.engine
