@@ -82,10 +82,11 @@ class _Ros:
     def close(self) -> None:
         import rclpy
 
-        self.executor.shutdown(timeout_sec=2)
-        self.thread.join(2.0)  # a spin thread still in rclpy at interpreter exit aborts it
-        self.node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
+        from dispider_ros.spinning import stop_spinning
+
+        if stop_spinning(self.executor, self.thread):
+            self.node.destroy_node()
+            rclpy.try_shutdown(context=self.context)
 
 
 def _wait(condition, timeout: float, what: str) -> None:

@@ -287,14 +287,17 @@ class AskClient:
 
     def close(self) -> None:
         """Destroy the action client (and the private node and context)."""
-        self._action.destroy()
-        if self._own:
-            import rclpy
+        if not self._own:
+            self._action.destroy()
+            return
+        import rclpy
 
-            self._executor.shutdown(timeout_sec=2.0)
+        from dispider_ros.spinning import stop_spinning
+
+        if stop_spinning(self._executor, self._thread):
+            self._action.destroy()
             self.node.destroy_node()
             rclpy.try_shutdown(context=self._context)
-            self._thread.join(timeout=2.0)
 
     def __enter__(self) -> "AskClient":
         return self

@@ -43,9 +43,11 @@ class Client:
     def close(self):
         import rclpy
 
-        self.executor.shutdown(timeout_sec=2)
-        self.node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
+        from dispider_ros.spinning import stop_spinning
+
+        if stop_spinning(self.executor, self._thread):
+            self.node.destroy_node()
+            rclpy.try_shutdown(context=self.context)
 
     def topic(self, name: str) -> str:
         return f"{self.namespace}/{name}"

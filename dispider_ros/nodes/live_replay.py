@@ -50,6 +50,7 @@ from dispider_ros.msg import FrameFeature, Query
 from dispider_ros.nodes.base import RELIABLE
 from dispider_ros.nodes.convert import header, to_sec, to_time
 from dispider_ros.nodes.recorder_node import OutputRecorder
+from dispider_ros.spinning import stop_spinning
 
 CAMERA_QOS = QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=10,
                         reliability=QoSReliabilityPolicy.RELIABLE,
@@ -330,12 +331,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         except KeyboardInterrupt:
             status = 130
         finally:
-            # Stop spinning and join before destroying anything: a spin thread left inside
-            # rcl at interpreter exit aborts the process.
-            executor.shutdown(timeout_sec=2.0)
-            spinner.join(timeout=5.0)
-            node.destroy_node()
-            rclpy.try_shutdown()
+            if stop_spinning(executor, spinner):
+                node.destroy_node()
+                rclpy.try_shutdown()
             source.close()
     return status
 
