@@ -6,6 +6,7 @@ loaded through the very same from_pretrained path a real checkpoint uses.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib
 import logging
@@ -54,16 +55,22 @@ def build_once(folder: Path, build: Callable[[Path], None], what: str) -> str:
     if (folder / "config.json").is_file():
         return str(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    # Build into a temporary sibling and rename, so concurrent processes never see half a model.
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
-        LOG.info("building %s model into %s", what, folder)
-        build(staging)
+    # One builder at a time per folder: a trained model takes a minute, and three nodes
+    # starting together must not train it three times over on the same cores.
+    with open(folder.parent / f".{folder.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (folder / "config.json").is_file():  # built while this process waited
+            return str(folder)
+        # Build into a temporary sibling and rename, so readers never see half a model.
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
         try:
-            staging.rename(folder)
-        except OSError:  # another process won the race
-            if not (folder / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+            LOG.info("building %s model into %s", what, folder)
+            build(staging)
+            try:
+                staging.rename(folder)
+            except OSError:  # another process won the race (a cache without working locks)
+                if not (folder / "config.json").is_file():
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return str(folder)

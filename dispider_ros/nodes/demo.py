@@ -1,9 +1,13 @@
-"""The main demo: the three nodes as separate processes on real footage, tiny preset.
+"""The main demo: the three nodes as separate processes on real footage, trained tiny preset.
 
     make demo            # or: .venv/bin/python -m dispider_ros.nodes.demo [--preset NAME]
 
-Publishes real clips as a camera stream, asks one present-tense and one proactive
-question, and prints triggers and streamed responses as they arrive.
+Publishes real photographs as a camera stream (shots panned and zoomed, hard cuts between
+them; `--footage clips` plays the CC0 clips of ../shared/data instead), asks a
+present-tense question, a proactive one ("Tell me when the rocket appears.") and a
+narration, and prints triggers and streamed responses as they arrive. With the default
+`tiny_trained` preset the models know these photographs (dispider_ros.world), so the
+answers name what is in view and the rocket trigger fires when the rocket shot begins.
 
 Times: the bracket of each line is the camera time when it was printed; triggers and
 answers also name their evidence time (the frame they are about), which for a `now`
@@ -26,6 +30,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from dispider_ros import world
 from dispider_ros.footage import photo_frames, video_frames
 from dispider_ros.paths import executable
 from dispider_ros.processes import stop_groups
@@ -34,6 +39,26 @@ REPO_SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 NODES = ("perception_node", "decision_node", "reaction_node")
 NAMESPACE = "/dispider_demo"
 CLIPS = ("mdn_cc0_flower.mp4", "mdn_stream-of-water.mp4", "mdn_cc0_friday.mp4")
+# The demo's shots (scene, seconds): the rocket comes third, so its trigger has a right time.
+SHOTS = (("coffee", 5.0), ("chelsea", 4.5), ("rocket", 5.0), ("astronaut", 4.5), ("clock", 5.0),
+         ("moon", 6.0))
+PROACTIVE = "rocket"
+
+
+def shots() -> List[world.Shot]:
+    plan, t = [], 0.0
+    for name, length in SHOTS:
+        plan.append(world.Shot(world.scene(name), t, t + length))
+        t += length
+    return plan
+
+
+def photographs(size=(320, 240)) -> Tuple[str, Iterator[Tuple[float, np.ndarray]]]:
+    """The demo's shots of real photographs, 10 frames/s."""
+    plan = shots()
+    listing = ", ".join(f"{s.start:.1f}s {s.scene.word}" for s in plan)
+    frames = ((t, rgb) for t, rgb, _ in world.shot_frames(plan, fps=10.0, size=size, seed=7))
+    return f"scikit-image photographs, panned and zoomed, cuts at: {listing}", frames
 
 
 def footage(shared: Path, size=(320, 240)) -> Tuple[str, Iterator[Tuple[float, np.ndarray]]]:
@@ -246,7 +271,10 @@ def wait_active(node, console: Console, processes: List[subprocess.Popen], log_d
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="tiny", help="model preset (config/presets)")
+    parser.add_argument("--preset", default="tiny_trained", help="model preset (config/presets)")
+    parser.add_argument("--footage", choices=("photos", "clips"), default="photos",
+                        help="photos: the photographs the tiny models were trained on; clips: "
+                             "the CC0 clips of ../shared/data (unknown to the tiny models)")
     parser.add_argument("--params-file", type=Path, default=None, help="node parameter YAML")
     parser.add_argument("--shared-data", type=Path, default=REPO_SHARED)
     parser.add_argument("--seconds", type=float, default=30.0, help="stream length at most")
@@ -266,12 +294,17 @@ def main(argv=None) -> int:
     preset = load_preset(args.preset)
     params_file = args.params_file or config_file("dispider.yaml")
     args.logs.mkdir(parents=True, exist_ok=True)
-    description, frames = footage(args.shared_data)
+    description, frames = footage(args.shared_data) if args.footage == "clips" else photographs()
     print(f"dispider_ros demo - preset {args.preset!r}: {preset.get('description', '')}")
     if args.preset == "tiny":
         print("NOTE: the tiny preset's models have random, untrained weights: the answers are "
               "noise. They prove the graph (timing, streaming, ids). For real answers run on a "
               "GPU with `--preset qwen2vl_2b` (checkpoints in the HF cache) - see README.")
+    elif args.preset.startswith("tiny"):
+        print("NOTE: the tiny models were trained here in seconds on 16 photographs and know only "
+              "those (dispider_ros/world.py): they show that what the camera sees reaches the "
+              "answer. Real checkpoints on a GPU (`--preset qwen2vl_2b`, see README) answer about "
+              "the open world.")
     print(f"footage: {description}")
     wall0 = time.monotonic()
     # Ctrl-C is a plain KeyboardInterrupt here: rclpy's handler would shut the context down
@@ -295,8 +328,11 @@ def main(argv=None) -> int:
         print("  [t] = camera time when the line is printed; evidence t = camera time of the "
               "frame a trigger or answer is about (for a `now` question the newest frame already "
               "seen, so before the question)")
+        target = world.scene(PROACTIVE)
         asked = [
-            (1.0, Query(query_id="q-now", text="What is in front of the camera right now?")),
+            (1.0, Query(query_id="q-now", text=world.NOW_QUESTION)),
+            (1.5, Query(query_id=f"q-{target.word}", text=world.match_question(target),
+                        mode=Query.MODE_MATCH, max_responses=1)),
             (2.0, Query(query_id="q-scene", text="Tell me every time the scene changes.",
                         mode=Query.MODE_BOUNDARY, max_responses=3)),
         ]
@@ -351,11 +387,25 @@ def main(argv=None) -> int:
               f"{np.nanmedian(console.trigger_lag) * 1000:.0f} ms; -> first streamed token: "
               f"median {np.nanmedian(console.first_token_lag or [np.nan]) * 1000:.0f} ms")
     print("  RSS per node: " + ", ".join(f"{name} {mib:.0f} MiB" for name, mib in rss.items()))
+    if args.footage == "photos":
+        report_proactive(console, world.scene(PROACTIVE))
     answered = {m.query_id for m in console.finals}
     if status == 0 and "q-now" not in answered:
         print("  the present-tense question was not answered: see the node logs", file=sys.stderr)
         status = 1
     return status
+
+
+def report_proactive(console: Console, target: world.Scene) -> None:
+    """When the proactive question fired against when its scene came into view."""
+    shot = next(s for s in shots() if s.scene == target)
+    fired = [t for t in console.triggers if t.query_id == f"q-{target.word}"]
+    if not fired:
+        print(f"  {target.word}: in view from {shot.start:.2f}s; its trigger did not fire")
+        return
+    stamp = fired[0].header.stamp.sec + fired[0].header.stamp.nanosec * 1e-9
+    print(f"  {target.word}: in view from {shot.start:.2f}s; its trigger fired on the frame of "
+          f"{stamp:.2f}s ({stamp - shot.start:+.2f} s)")
 
 
 def _spin(executor) -> None:
