@@ -47,7 +47,7 @@ messages shared with the previous request (the most a prefix cache can reuse); n
 
 Streaming and stop. Each content delta goes to on_text. A stop (pre-emption, cancel,
 close) closes the HTTP stream: the reader checks after every chunk, and a watcher thread
-closes the response at once so a read waiting on a slow server returns too; the server
+shuts the connection down at once so a read waiting on a silent server returns too; the server
 sees the connection drop and stops generating (vLLM aborts the request).
 
 Failures. Connect and read timeouts (the read timeout bounds the wait for the first and
@@ -77,6 +77,7 @@ import io
 import logging
 import math
 import os
+import socket
 import threading
 import time
 from collections import OrderedDict
@@ -504,11 +505,23 @@ class RemoteVLM(ReactionVLM):
 
 
 def _close_on_stop(stream, stop: threading.Event, done: threading.Event) -> None:
-    """Close the stream as soon as stop is set (until done): a blocked read returns."""
+    """Close the stream as soon as stop is set (until done). Closing the response from this
+    thread does not wake a read blocked in the reader's thread (it would wait out the read
+    timeout), so the connection's socket is shut down first: the read returns at once and
+    the server sees the connection drop."""
     while not done.is_set():
         if stop.wait(0.05):
-            if not done.is_set():
-                stream.close()
+            if done.is_set():
+                return
+            network = getattr(stream, "response", None)
+            network = network.extensions.get("network_stream") if network is not None else None
+            sock = network.get_extra_info("socket") if network is not None else None
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:  # already closed by the other side
+                    pass
+            stream.close()
             return
 
 

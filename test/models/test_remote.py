@@ -5,6 +5,7 @@ backend's real client; nothing is mocked."""
 import base64
 import json
 import math
+import socket
 import threading
 import time
 
@@ -144,6 +145,51 @@ def test_config_names_bad_values():
         RemoteConfig(fallback_model="openai:other")
     with pytest.raises(ValueError, match="remote_retries -1"):
         RemoteConfig(retries=-1)
+
+
+def test_a_stop_wakes_a_read_blocked_on_a_silent_server():
+    """A server that streams one chunk and then goes silent (stuck in a long prefill or
+    decode step): a stop must not wait out the read timeout. The peer is a raw socket that
+    speaks just enough HTTP/SSE; it reports when it sees the connection drop."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    dropped = threading.Event()
+
+    def peer():
+        conn, _ = listener.accept()
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            head, body = data.split(b"\r\n\r\n", 1)
+            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length"))
+            while len(body) < length:
+                body += conn.recv(65536)
+            event = b"data: " + json.dumps({"id": "1", "object": "chat.completion.chunk", "created": 0,
+                                            "model": "m", "choices": [{"index": 0, "delta": {"content": "hi"},
+                                                                       "finish_reason": None}]}).encode() + b"\n\n"
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                         b"transfer-encoding: chunked\r\n\r\n%x\r\n%s\r\n" % (len(event), event))
+            conn.settimeout(WAIT)
+            if conn.recv(1) == b"":  # the client closed the connection
+                dropped.set()
+
+    threading.Thread(target=peer, daemon=True).start()
+    port = listener.getsockname()[1]
+    vlm = RemoteVLM(ReactionVLMConfig(model="openai:m"),
+                    RemoteConfig(base_url=f"http://127.0.0.1:{port}/v1", read_timeout_sec=WAIT))
+    try:
+        stop = threading.Event()
+        timer = threading.Timer(0.5, stop.set)
+        timer.start()
+        started = time.perf_counter()
+        result = vlm.generate(PromptParts([], "q"), stop=stop)
+        assert result.stop_reason == "stopped" and result.text == "hi"
+        assert time.perf_counter() - started < 5.0  # not the 60 s read timeout
+        assert dropped.wait(5.0)
+    finally:
+        vlm.close()
+        listener.close()
 
 
 # ---- against the server ----------------------------------------------------------------
