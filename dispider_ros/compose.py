@@ -107,10 +107,19 @@ def decision_stage(settings: Settings, text_encoder, id_prefix: str = "") -> Dec
                         match_calibration=text_encoder.match_calibration(), activation_head=head)
 
 
+def remote_config(settings: Settings):
+    """The server settings of a vlm_model "openai:<served model name>" (models.remote)."""
+    from dispider_ros.models.remote import RemoteConfig
+
+    return RemoteConfig(**{name[len("remote_"):]: settings[name] for name in settings
+                           if name.startswith("remote_")})
+
+
 def load_reaction_vlm(settings: Settings):
     from dispider_ros.models.registry import load_reaction_vlm as load
 
-    return load(reaction_vlm_config(settings, resolve_models("reaction_node", settings)))
+    return load(reaction_vlm_config(settings, resolve_models("reaction_node", settings)),
+                remote=remote_config(settings))
 
 
 def reaction_stage(settings: Settings, on_response: Callable[[ResponseEvent], None],

@@ -73,6 +73,12 @@ class FrameTokens:
         overhead: prompt tokens around the visual tokens (label, markers), set by the
             MemoryBuffer when stored.
         arrival: the MemoryBuffer's arrival number, kept when the frame is pooled.
+        media: the frame as encoded bytes, for a backend whose model runs elsewhere (a
+            remote server gets JPEG images, not visual tokens; its `tokens` are then a
+            zero-width (n, 0) placeholder whose grid is the server's visual-token grid, so
+            the budget counts what the server will spend). Pooling keeps it unchanged and
+            shrinks the grid: such a backend sends a pooled frame downscaled to its grid.
+            None for backends that hold real visual tokens.
     """
 
     tokens: torch.Tensor
@@ -88,6 +94,7 @@ class FrameTokens:
     named: bool = True
     overhead: int = 0
     arrival: int = -1
+    media: Optional[bytes] = None
 
     def __post_init__(self):
         if not isinstance(self.tokens, torch.Tensor) or self.tokens.ndim != 2:

@@ -72,6 +72,9 @@ class GenerationResult:
     reused_tokens: int
     stop_reason: str  # eos | max_new_tokens | stopped
     token_ids: List[int] = field(default_factory=list)
+    # What the engine adds to the final's extras (run records): e.g. a remote backend says
+    # which model answered ("answered_by") when its local fallback stood in for the server.
+    extras: dict = field(default_factory=dict)
 
     @property
     def tokens_per_sec(self) -> float:

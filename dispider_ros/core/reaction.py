@@ -485,7 +485,7 @@ class ReactionEngine:
         extras = {"stop_reason": stop_reason, "queue_wait_sec": started - job.submitted,
                   "model_ttft_sec": result.ttft_sec, **cost,
                   "tokens_per_sec": result.tokens_per_sec, "duration_sec": result.duration_sec,
-                  "evidence_in_memory": evidence}
+                  "evidence_in_memory": evidence, **result.extras}
         if job.preempted:
             extras["preempted_by"] = job.preempted_by
         with self._stats_lock:

@@ -166,6 +166,25 @@ REACTION = _common("reaction_node", "video-LLM answering triggers (Qwen2-VL / Qw
     Param("overlay", False, "publish `overlay` (sensor_msgs/Image, rgb8, the frame's header): "
           "each sampled frame with the questions, the last trigger and the streaming answer "
           "drawn on it, for RViz and Foxglove (about 0.5 ms per 640x480 frame)"),
+    # -- the VLM on a GPU server: vlm_model "openai:<served model name>" (models/remote.py)
+    Param("remote_base_url", "http://localhost:8000/v1", "OpenAI-compatible chat completions "
+          "server (vLLM, SGLang, transformers serve) of a vlm_model 'openai:<served model "
+          "name>'; https is verified as the openai client does it (certifi, or SSL_CERT_FILE)"),
+    Param("remote_api_key_env", "OPENAI_API_KEY", "NAME of the environment variable holding "
+          "the server's API key (the key itself is never a parameter); unset = no key"),
+    Param("remote_connect_timeout_sec", 3.0, "longest wait to connect to the VLM server",
+          0.1, 60.0),
+    Param("remote_read_timeout_sec", 30.0, "longest wait for the server's first or next "
+          "streamed chunk (prefill of a long history included)", 0.5, 600.0),
+    Param("remote_retries", 2, "attempts after the first while the server cannot be reached "
+          "or answers 429/5xx, with exponential backoff (0.5 s doubling, at most 4 s)", 0, 20),
+    Param("remote_fallback_model", "", "local reaction model (Hugging Face id, folder, "
+          "tiny:<family>; the preset's device) answering when the server is unreachable "
+          "after its retries; empty = none (the answer fails, naming the URL)"),
+    Param("remote_jpeg_quality", 85, "JPEG quality of the frames sent to the server", 1, 100),
+    Param("remote_image_ids", True, "send each image's content hash as its `uuid` (vLLM >= "
+          "0.10.2 then skips hashing it for its caches); off for servers that reject unknown "
+          "fields"),
 )
 
 PARAMS: Dict[str, Tuple[Param, ...]] = {

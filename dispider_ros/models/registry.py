@@ -23,12 +23,13 @@ and `_vision_forward` instead of starting from scratch.
 """
 from __future__ import annotations
 
-from typing import Dict, Type
+from typing import Dict, Optional, Type
 
 from dispider_ros.core.protocols import ReactionVLM
 from dispider_ros.models import tiny
 from dispider_ros.models.loading import check_model_source
 from dispider_ros.models.qwen2_vl import Qwen2VLBackend
+from dispider_ros.models.remote import RemoteConfig, is_remote, load_remote_vlm
 from dispider_ros.models.vlm_config import ReactionVLMConfig
 
 # What a backend class must provide: the Protocol's public members.
@@ -50,17 +51,21 @@ def register_backend(model_type: str, backend: Type) -> None:
     BACKENDS[model_type] = backend
 
 
-def load_reaction_vlm(config: ReactionVLMConfig) -> ReactionVLM:
-    """Load config.model with the backend of its family (config.json's model_type).
+def load_reaction_vlm(config: ReactionVLMConfig, remote: Optional[RemoteConfig] = None) -> ReactionVLM:
+    """Load config.model with the backend of its family (config.json's model_type), or a
+    model on a server ("openai:<served model name>", models.remote).
 
     Args:
         config: model, device, dtype and generation settings.
+        remote: the server settings of an "openai:" model (None = the schema's defaults).
     Raises:
         FileNotFoundError: the model folder or cache entry is missing.
         ValueError: no backend serves the model's family.
     """
     from transformers import AutoConfig
 
+    if is_remote(config.model):
+        return load_remote_vlm(config, remote, load_reaction_vlm)
     path = tiny.resolve_model_path(config.model)
     load = config.load_config(path)
     kwargs = load.pretrained_kwargs()
