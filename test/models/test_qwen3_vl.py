@@ -43,10 +43,11 @@ def vlm(model_path):
     return backend(model_path, kv_reuse=False)
 
 
-def dialogue_memory(vlm, seed):
+def dialogue_memory(vlm, seed, protected_frames=4):
     """Three labelled frames, a question and its answer, two more frames."""
     images = synthetic_frames(5, seed=seed)
-    mem = memory_with(vlm, images[:3])
+    mem = memory_with(vlm, images[:3], mem=MemoryBuffer(MemoryConfig(max_tokens=100_000,
+                                                                     protected_frames=protected_frames)))
     mem.add_turn("user", QUESTION, 2.5, n_tokens=5)
     mem.add_turn("assistant", "a red cup", 2.5, n_tokens=3)
     memory_with(vlm, images[3:], start=3.0, mem=mem)
@@ -205,3 +206,26 @@ def test_incremental_positions_and_decode_delta_equal_the_full_sequences(model_p
         assert torch.equal(reuse._slots[0].pos, full[:, 0, :prompt.prefix_len])
         assert int(reuse.model.model.rope_deltas) == int(deltas[0, 0]) < 0  # frames take fewer positions
         assert (change == "compression") == any(f.level > 0 for _, f in prompt.frames)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available on this machine")
+def test_cuda_parity_kv_reuse_and_bfloat16(model_path):
+    reuse = backend(model_path, device="cuda:0", dtype="float32", kv_reuse=True)
+    full = backend(model_path, device="cuda:0", dtype="float32", kv_reuse=False)
+    mem, images = dialogue_memory(reuse, 6)
+    first = mem.snapshot()[0]
+    assert first.tokens.device.type == "cuda" and all(e.device.type == "cuda" for e in first.extra)
+    parts = PromptParts(mem.snapshot(), QUESTION)
+    _, expected = pixel_path_tokens(full, parts, images, 12)
+    assert full.generate(parts).token_ids == expected
+    reuse.generate(parts)
+    memory_with(reuse, synthetic_frames(1, seed=14), start=9.0, mem=mem)
+    grown = PromptParts(mem.snapshot(), QUESTION)
+    a, b = reuse.generate(grown), full.generate(grown)
+    assert a.reused_tokens > 0 and a.token_ids == b.token_ids
+    half = backend(model_path, device="cuda:0", dtype="bfloat16", kv_reuse=True)
+    bf_mem, _ = dialogue_memory(half, 6, protected_frames=1)
+    bf_mem.set_max_tokens(bf_mem.token_count() // 2)  # pooling keeps bfloat16 tokens and features
+    pooled = [f for f in bf_mem.snapshot() if getattr(f, "level", 0) > 0]
+    assert pooled and all(e.dtype == torch.bfloat16 for f in pooled for e in (f.tokens, *f.extra))
+    assert half.generate(PromptParts(bf_mem.snapshot(), QUESTION)).token_count > 0
