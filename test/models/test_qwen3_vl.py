@@ -106,6 +106,25 @@ def test_encode_frame_keeps_the_towers_tokens_and_deepstack_features(vlm):
             torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-5)
 
 
+
+@pytest.mark.parametrize("preset, model", [("qwen3vl_2b", "Qwen/Qwen3-VL-2B-Instruct"),
+                                           ("qwen3vl_4b", "Qwen/Qwen3-VL-4B-Instruct")])
+def test_gpu_presets_budget_about_120_visual_tokens_per_frame(preset, model):
+    """The real checkpoints' image processor (Qwen2VLImageProcessor, patch 16, merge 2, min
+    65536 pixels) at the preset's max_frame_pixels: 640x480 -> 9 x 13 tokens, 720p -> 8 x 15."""
+    from transformers import Qwen2VLImageProcessor
+
+    from dispider_ros.models.presets import load_preset
+
+    data = load_preset(preset)
+    assert (data["vlm_model"], data["device"], data["dtype"]) == (model, "cuda:0", "bfloat16")
+    processor = Qwen2VLImageProcessor(patch_size=16, merge_size=2, min_pixels=65536,
+                                      max_pixels=data["max_frame_pixels"])
+    for (h, w), tokens in (((480, 640), 117), ((720, 1280), 120)):
+        grid = processor(images=[np.zeros((h, w, 3), np.uint8)], return_tensors="pt")["image_grid_thw"][0]
+        assert int(grid.prod()) // 4 == tokens <= 128
+
+
 # ---- generation equivalences ------------------------------------------------------------------
 def test_cached_tokens_and_deepstack_generate_what_pixel_values_generate(vlm):
     results = []
