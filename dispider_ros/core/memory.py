@@ -79,6 +79,9 @@ class FrameTokens:
             the budget counts what the server will spend). Pooling keeps it unchanged and
             shrinks the grid: such a backend sends a pooled frame downscaled to its grid.
             None for backends that hold real visual tokens.
+        extra: side features whose rows are aligned with tokens, a tuple of (n, d) tensors
+            (Qwen3-VL: its DeepStack features, one per decoder layer they are injected into);
+            pooling treats them exactly like tokens. () = none.
     """
 
     tokens: torch.Tensor
@@ -95,6 +98,7 @@ class FrameTokens:
     overhead: int = 0
     arrival: int = -1
     media: Optional[bytes] = None
+    extra: Tuple[torch.Tensor, ...] = ()
 
     def __post_init__(self):
         if not isinstance(self.tokens, torch.Tensor) or self.tokens.ndim != 2:
@@ -104,6 +108,14 @@ class FrameTokens:
         if rows < 1 or cols < 1 or rows * cols != self.tokens.shape[0]:
             raise ValueError(f"grid {self.grid} does not hold {self.tokens.shape[0]} tokens")
         object.__setattr__(self, "grid", (rows, cols))
+        extra = tuple(self.extra)
+        for rows_of in extra:
+            if not isinstance(rows_of, torch.Tensor) or rows_of.ndim != 2 \
+                    or rows_of.shape[0] != self.tokens.shape[0]:
+                shape = tuple(rows_of.shape) if isinstance(rows_of, torch.Tensor) else type(rows_of)
+                raise ValueError(f"frame extra {shape} must be a 2-D ({self.tokens.shape[0]}, d) tensor "
+                                 "with one row per token")
+        object.__setattr__(self, "extra", extra)
 
     @property
     def n_tokens(self) -> int:
@@ -194,13 +206,21 @@ def pool_frame(frame: FrameTokens, stride: int) -> FrameTokens:
         stride: tokens averaged into one; a partial group at the edge is averaged alone.
     Returns:
         A new FrameTokens with grid (rows, ceil(cols / stride)) or (ceil(rows / stride), cols)
-        and level + 1; metadata is kept, key is reset to -1.
+        and level + 1, its extra rows pooled the same way; metadata is kept, key is reset to -1.
     """
-    rows, cols = frame.grid
-    x = frame.tokens.float().view(rows, cols, -1)  # (R, C, H)
+    tokens, grid = _pool_rows(frame.tokens, frame.grid, stride)
+    extra = tuple(_pool_rows(rows, frame.grid, stride)[0] for rows in frame.extra)
+    return dataclasses.replace(frame, tokens=tokens, grid=grid, level=frame.level + 1, key=-1,
+                               extra=extra)
+
+
+def _pool_rows(values: torch.Tensor, grid: Tuple[int, int], stride: int) -> Tuple[torch.Tensor, Tuple[int, int]]:
+    """(rows * cols, d) values on a row-major grid -> pooled (n', d) values and their grid."""
+    rows, cols = grid
+    x = values.float().view(rows, cols, -1)  # (R, C, D)
     along_cols = cols >= rows
     if not along_cols:
-        x = x.transpose(0, 1)  # (C, R, H): pool the rows the same way
+        x = x.transpose(0, 1)  # (C, R, D): pool the rows the same way
     length = x.shape[1]
     full = length // stride * stride
     parts = []
@@ -208,12 +228,11 @@ def pool_frame(frame: FrameTokens, stride: int) -> FrameTokens:
         parts.append(x[:, :full].reshape(x.shape[0], full // stride, stride, -1).mean(2))
     if full < length:
         parts.append(x[:, full:].mean(1, keepdim=True))
-    pooled = torch.cat(parts, dim=1)  # (R, ceil(C / s), H) or transposed
+    pooled = torch.cat(parts, dim=1)  # (R, ceil(C / s), D) or transposed
     if not along_cols:
         pooled = pooled.transpose(0, 1)
-    grid = (pooled.shape[0], pooled.shape[1])
-    tokens = pooled.reshape(grid[0] * grid[1], -1).to(frame.tokens.dtype).contiguous()
-    return dataclasses.replace(frame, tokens=tokens, grid=grid, level=frame.level + 1, key=-1)
+    new_grid = (pooled.shape[0], pooled.shape[1])
+    return pooled.reshape(new_grid[0] * new_grid[1], -1).to(values.dtype).contiguous(), new_grid
 
 
 class MemoryBuffer:

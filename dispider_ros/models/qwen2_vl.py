@@ -150,10 +150,10 @@ class Qwen2VLBackend(ReactionVLM):
     def encode_frame(self, image: np.ndarray, camera_id: str = "", stamp: float = 0.0,
                      frame_index: int = 0, frame_id: str = "") -> FrameTokens:
         t0 = time.perf_counter()
-        tokens, grid = self.encode_images([image])[0]
+        tokens, grid, extra = self._encode([image])[0]
         return FrameTokens(tokens=tokens, grid=grid, camera_id=camera_id, stamp=float(stamp),
                            frame_index=int(frame_index), frame_id=frame_id,
-                           encode_ms=(time.perf_counter() - t0) * 1e3)
+                           encode_ms=(time.perf_counter() - t0) * 1e3, extra=extra)
 
     def encode_images(self, images: Sequence[np.ndarray]) -> List[Tuple[torch.Tensor, Tuple[int, int]]]:
         """Visual tokens of several images in one vision forward.
@@ -163,18 +163,24 @@ class Qwen2VLBackend(ReactionVLM):
         Returns:
             per image: ((n, hidden) tokens on the model's device, (rows, cols) grid).
         """
+        return [(tokens, grid) for tokens, grid, _ in self._encode(images)]
+
+    def _encode(self, images: Sequence[np.ndarray]) -> List[Tuple[torch.Tensor, Tuple[int, int], tuple]]:
+        """encode_images plus each image's side features (FrameTokens.extra) in one vision forward."""
         for image in images:
             validate_image(image)
         inputs = self.processor.image_processor(images=list(images), return_tensors="pt",
                                                 **self._pixel_kwargs)
         grid_thw = inputs["image_grid_thw"]  # (N, 3) in patches
-        embeds = self._vision_forward(inputs["pixel_values"], grid_thw)  # (sum n, hidden)
+        embeds, extra = self._vision_forward(inputs["pixel_values"], grid_thw)  # (sum n, hidden), [(sum n, d)]
         sizes = (grid_thw.prod(-1) // self.merge ** 2).tolist()
         parts = torch.split(embeds, sizes)
+        extra_parts = list(zip(*(torch.split(rows, sizes) for rows in extra))) or [()] * len(parts)
         if len(parts) > 1:  # own storage per frame, so memory can free frames one by one
             parts = [p.clone() for p in parts]
-        return [(tokens, (int(thw[1]) // self.merge, int(thw[2]) // self.merge))
-                for tokens, thw in zip(parts, grid_thw)]
+            extra_parts = [tuple(rows.clone() for rows in per) for per in extra_parts]
+        return [(tokens, (int(thw[1]) // self.merge, int(thw[2]) // self.merge), tuple(per))
+                for tokens, thw, per in zip(parts, grid_thw, extra_parts)]
 
     def generate(self, parts: PromptParts, on_text: Optional[TextCallback] = None,
                  stop: Optional[threading.Event] = None) -> GenerationResult:
@@ -351,7 +357,8 @@ class Qwen2VLBackend(ReactionVLM):
             model.model.language_model(
                 inputs_embeds=embeds, position_ids=positions[:, None, common:end].to(self.device),
                 past_key_values=cache, use_cache=True,
-                cache_position=torch.arange(common, end, device=self.device))
+                cache_position=torch.arange(common, end, device=self.device),
+                **self._decoder_inputs(prompt, common, end))
         if self.config.kv_reuse:
             self._slots[slot] = _Slot(cache, prompt.ids[:end], prompt.src[:end], positions[:, :end])
         return common, cache, positions
@@ -393,11 +400,19 @@ class Qwen2VLBackend(ReactionVLM):
             embeds = embeds.masked_scatter(mask, torch.cat(visual).to(embeds.device, embeds.dtype))
         return embeds[None]
 
-    def _vision_forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+    def _decoder_inputs(self, prompt: _Assembled, start: int, end: int) -> dict:
+        """Further language-model inputs for prefilling positions start..end (none here; a
+        subclass adds per-frame side inputs such as Qwen3-VL's DeepStack features)."""
+        return {}
+
+    def _vision_forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor
+                        ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """(sum n, hidden) visual tokens of the images, and side features with rows aligned
+        with them ((sum n, d) each; Qwen2-VL has none)."""
         model = self._require_model()
         visual = model.model.visual
         with torch.inference_mode():
-            return visual(pixel_values.to(self.device, visual.dtype), grid_thw=grid_thw.to(self.device))
+            return visual(pixel_values.to(self.device, visual.dtype), grid_thw=grid_thw.to(self.device)), []
 
     # ---- helpers -------------------------------------------------------------------------
     def _generation_config(self):

@@ -30,6 +30,7 @@ from dispider_ros.models import tiny
 from dispider_ros.models.loading import check_model_source
 from dispider_ros.models.qwen2_vl import Qwen2VLBackend
 from dispider_ros.models.remote import RemoteConfig, is_remote, load_remote_vlm
+from dispider_ros.models.qwen3_vl import Qwen3VLBackend
 from dispider_ros.models.vlm_config import ReactionVLMConfig
 
 # What a backend class must provide: the Protocol's public members.
@@ -38,6 +39,9 @@ REQUIRED_MEMBERS = tuple(sorted(name for name in vars(ReactionVLM) if not name.s
 BACKENDS: Dict[str, Type] = {
     "qwen2_vl": Qwen2VLBackend,
     "qwen2_5_vl": Qwen2VLBackend,
+    # Qwen3-VL: DeepStack features ride in FrameTokens.extra
+    "qwen3_vl": Qwen3VLBackend,
+    "qwen3_vl_moe": Qwen3VLBackend,
 }
 
 

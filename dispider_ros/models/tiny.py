@@ -19,10 +19,14 @@ from typing import Callable
 LOG = logging.getLogger(__name__)
 
 PREFIX = "tiny:"
-# family -> module with build(folder: Path) -> None
+# family -> module with build(folder: Path) -> None (or build_<family>(folder), where one
+# module serves several families)
 BUILDERS = {
     "siglip": "dispider_ros.models.tiny_siglip",
     "qwen2_vl": "dispider_ros.models.tiny_qwen2_vl",
+    # Qwen3-VL dense and MoE: one module, whose build_qwen3_vl_moe builds the MoE
+    "qwen3_vl": "dispider_ros.models.tiny_qwen3_vl",
+    "qwen3_vl_moe": "dispider_ros.models.tiny_qwen3_vl",
 }
 
 
@@ -47,7 +51,8 @@ def resolve_model_path(spec: str) -> str:
     # reuses a stale cached model.
     digest = hashlib.sha256(Path(module.__file__).read_bytes()).hexdigest()[:10]
     folder = cache_root() / f"{family}-{digest}"
-    return build_once(folder, module.build, f"tiny {family}")
+    build = getattr(module, f"build_{family}", module.build)
+    return build_once(folder, build, f"tiny {family}")
 
 
 def build_once(folder: Path, build: Callable[[Path], None], what: str) -> str:

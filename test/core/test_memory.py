@@ -71,6 +71,38 @@ def test_pool_frame_averages_adjacent_tokens_along_longer_side():
     assert pool_frame(frame(0.0, grid=(1, 9)), 3).grid == (1, 3)
 
 
+
+def test_extra_rows_must_align_with_tokens():
+    tokens = torch.zeros(12, HIDDEN)
+    with pytest.raises(ValueError, match="extra"):
+        FrameTokens(tokens=tokens, grid=(3, 4), extra=(torch.zeros(11, 5),))
+    with pytest.raises(ValueError, match="extra"):
+        FrameTokens(tokens=tokens, grid=(3, 4), extra=(torch.zeros(12),))
+    ok = FrameTokens(tokens=tokens, grid=(3, 4), extra=[torch.zeros(12, 5), torch.ones(12, 5)])
+    assert isinstance(ok.extra, tuple) and len(ok.extra) == 2 and frame(0.0).extra == ()
+
+
+@pytest.mark.parametrize("grid", [(2, 4), (5, 2), (1, 3), (3, 3)])
+def test_pool_frame_pools_extra_rows_exactly_like_tokens(grid):
+    """Side features (e.g. Qwen3-VL DeepStack rows) stay aligned with the pooled tokens."""
+    f = frame(0.0, grid=grid)
+    side = [frame(0.0, grid=grid, seed=s).tokens[:, :w].clone() for s, w in ((1, 3), (2, HIDDEN))]
+    with_extra = FrameTokens(tokens=f.tokens, grid=grid, extra=tuple(side))
+    pooled = pool_frame(with_extra, 2)
+    assert pooled.grid == pool_frame(f, 2).grid and torch.equal(pooled.tokens, pool_frame(f, 2).tokens)
+    for rows, pooled_rows in zip(side, pooled.extra):
+        alone = pool_frame(FrameTokens(tokens=rows, grid=grid), 2)
+        assert pooled_rows.shape == (pooled.n_tokens, rows.shape[1]) and torch.equal(pooled_rows, alone.tokens)
+    # Through a compressing buffer too: every stored frame keeps one extra row per token.
+    memory = MemoryBuffer(MemoryConfig(max_tokens=40, protected_frames=1))
+    for i in range(6):
+        memory.add_frame(FrameTokens(tokens=torch.randn(12, HIDDEN), grid=(3, 4), stamp=float(i),
+                                     extra=(torch.randn(12, 3),)))
+    stored = memory.snapshot()
+    assert memory.stats()["pool_ops"] > 0
+    assert all(f.extra[0].shape == (f.n_tokens, 3) for f in stored)
+
+
 # ---- compression -------------------------------------------------------------------------
 def test_compression_keeps_budget_and_pools_oldest_round_first():
     # Low water mark = high: each compression does just enough, to see the order it pools in.

@@ -162,6 +162,30 @@ def test_cli_run_on_a_video_file_score_and_report(flower, offline_runs, tmp_path
     assert json.loads((out / "report.json").read_text())["run"]["storage"] == "video"
 
 
+def test_cli_run_answers_with_the_tiny_qwen3_vl_preset(flower, tmp_path):
+    """The Qwen3-VL backend end to end: its preset composes a Qwen3VLBackend, and the eval CLI
+    answers on the real clip with it."""
+    from dispider_ros import compose
+    from dispider_ros.models.qwen3_vl import Qwen3VLBackend
+
+    reaction = settings.node_settings("reaction_node", None, {"preset": "tiny_qwen3_vl"})
+    assert settings.resolve_models("reaction_node", reaction)["model"] == "tiny:qwen3_vl"
+    vlm = compose.load_reaction_vlm(reaction)
+    try:
+        assert isinstance(vlm, Qwen3VLBackend) and vlm.model_type == "qwen3_vl"
+    finally:
+        vlm.close()
+    out = tmp_path / "qwen3_run"
+    done = cli("run", "--bag", shared_file("videos/mdn_cc0_flower.mp4"), "--annotations", flower["annotations"],
+               "--out", out, "--preset", "tiny_qwen3_vl", "--quiet")
+    assert done.returncode == 0, done.stderr
+    run = read_run(out)
+    assert run.run_info()["preset"] == "tiny_qwen3_vl"
+    (now,) = [r for r in run.responses if r["query_id"] == "flower_now"]
+    assert not now["error"] and now["text"] and now["frames_in_prompt"] == 3
+    assert now["prompt_tokens"] == now["prefill_tokens"] + now["reused_tokens"] > 3 * 12  # 12 per frame
+
+
 @pytest.mark.parametrize("name", ["rosbag2_talker_sqlite3", "rosbag2_talker_mcap"])
 def test_cli_bag_without_images_fails_clearly(flower, tmp_path, name):
     bag = shared_file(f"bags/{name}/metadata.yaml").parent

@@ -1,4 +1,5 @@
-"""KV on arrival, batched compression and double-buffered re-prefill, on the tiny Qwen2-VL.
+"""KV on arrival, batched compression and double-buffered re-prefill, on the tiny Qwen2-VL,
+Qwen3-VL and Qwen3-VL-MoE (DeepStack features prefilled with each frame, pooled with it).
 
 Each answer the engine gives is checked against a full recompute (a backend with no cache)
 over the very prompt the engine built: greedy tokens must be identical after appends,
@@ -28,10 +29,10 @@ def frames(n, seed=0, size=(96, 128)):
     return [rng.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in range(n)]
 
 
-@pytest.fixture(scope="module")
-def model_path():
+@pytest.fixture(scope="module", params=["qwen2_vl", "qwen3_vl", "qwen3_vl_moe"])
+def model_path(request):
     torch.set_num_threads(1)
-    return tiny.resolve_model_path("tiny:qwen2_vl")
+    return tiny.resolve_model_path(f"tiny:{request.param}")
 
 
 def load(path, kv_reuse):
@@ -130,7 +131,9 @@ def test_answers_equal_a_full_recompute_through_appends_compressions_and_rebuild
         engine.close()
     assert [f.error_code for f in finals] == [0] * 24
     assert memory["compressions"] >= 3 and memory["pool_ops"] > 0
-    assert stats["swaps"] >= 1 and stats["warm_steps"] > 24
+    # Rebuilds swapped in, and arrivals were warmed: 21-27 steps, depending on the family (its
+    # answers go into memory and move the compressions); at least one per trigger that waited.
+    assert stats["swaps"] >= 1 and stats["rebuild_steps"] > 0 and stats["warm_steps"] >= 12
     assert_same_as_recompute(vlm, recompute)
     # Steady state: the triggers that found the cache current prefilled their question only.
     question = len(vlm.inner._assemble(PromptParts([], QUESTION)).ids) - \
