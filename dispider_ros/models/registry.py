@@ -29,6 +29,7 @@ from dispider_ros.core.protocols import ReactionVLM
 from dispider_ros.models import tiny
 from dispider_ros.models.loading import check_model_source
 from dispider_ros.models.qwen2_vl import Qwen2VLBackend
+from dispider_ros.models.smolvlm import SmolVLMBackend
 from dispider_ros.models.vlm_config import ReactionVLMConfig
 
 # What a backend class must provide: the Protocol's public members.
@@ -37,6 +38,9 @@ REQUIRED_MEMBERS = tuple(sorted(name for name in vars(ReactionVLM) if not name.s
 BACKENDS: Dict[str, Type] = {
     "qwen2_vl": Qwen2VLBackend,
     "qwen2_5_vl": Qwen2VLBackend,
+    # SmolVLM2 (and Idefics3, its v1): the CPU-robot family (models/smolvlm.py)
+    "smolvlm": SmolVLMBackend,
+    "idefics3": SmolVLMBackend,
 }
 
 

@@ -22,6 +22,7 @@ PREFIX = "tiny:"
 BUILDERS = {
     "siglip": "dispider_ros.models.tiny_siglip",
     "qwen2_vl": "dispider_ros.models.tiny_qwen2_vl",
+    "smolvlm": "dispider_ros.models.tiny_smolvlm",
 }
 
 
