@@ -1,4 +1,5 @@
-"""KV on arrival, batched compression and double-buffered re-prefill, on the tiny Qwen2-VL.
+"""KV on arrival, batched compression and double-buffered re-prefill, on the tiny Qwen2-VL
+and the tiny SmolVLM (every test runs for both families).
 
 Each answer the engine gives is checked against a full recompute (a backend with no cache)
 over the very prompt the engine built: greedy tokens must be identical after appends,
@@ -28,10 +29,10 @@ def frames(n, seed=0, size=(96, 128)):
     return [rng.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in range(n)]
 
 
-@pytest.fixture(scope="module")
-def model_path():
+@pytest.fixture(scope="module", params=["tiny:qwen2_vl", "tiny:smolvlm"])
+def model_path(request):
     torch.set_num_threads(1)
-    return tiny.resolve_model_path("tiny:qwen2_vl")
+    return tiny.resolve_model_path(request.param)
 
 
 def load(path, kv_reuse):
@@ -192,11 +193,11 @@ def test_memory_statistics_are_exact(model_path):
         assert stats["frames"] == 9 and stats["history_span_sec"] == 4.0
         # The memory's count is the prompt's: header + user opening + exactly its tokens.
         header = vlm._assemble(PromptParts([], "")).prefix_len  # the system message
-        opening = vlm.count_tokens("<|im_start|>user\n")
+        opening = vlm.count_tokens(vlm._render(PromptParts(items, ""))[0][1])  # the user message's opening
         prompt = vlm._assemble(PromptParts(items, ""))
         assert prompt.prefix_len == header + opening + stats["tokens"]
         unlabelled = dataclasses.replace(items[1])
-        assert vlm.frame_overhead_tokens(unlabelled) == 2 < vlm.frame_overhead_tokens(items[0])
+        assert vlm.frame_overhead_tokens(unlabelled) == vlm.FRAME_LEAD + 1 < vlm.frame_overhead_tokens(items[0])
     finally:
         engine.close()
 
