@@ -29,7 +29,8 @@ def no_video_processor():
 
 
 def load_processor(path: str, **kwargs):
-    """AutoProcessor, or (without torchvision) the same processor class assembled from parts."""
+    """AutoProcessor, or (without torchvision) the same processor class assembled from parts
+    (SmolVLM: `smolvlm_image_processor`, as SmolVLMProcessor cannot be imported at all)."""
     import transformers
     from transformers import AutoConfig, AutoImageProcessor, AutoProcessor, AutoTokenizer
     from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES

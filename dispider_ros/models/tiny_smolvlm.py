@@ -20,6 +20,8 @@ Processor: `SmolVLMProcessor` cannot be imported without torchvision (its module
 the video processor), so the processor files are written as the real checkpoint has them
 and `dispider_ros.models.processors.load_processor` assembles an `Idefics3Processor` (the
 same single-image expansion) where torchvision is absent. Frames are always fed as images.
+`build(folder, family="idefics3")` makes the same model as an Idefics3 (SmolVLM v1's family),
+whose `Idefics3Processor` loads with `AutoProcessor` as it is.
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ SEED = 1234
 # Weights drawn wider than the real ~0.02-0.04 so that the random model's greedy answers
 # depend on its input (see tiny_qwen2_vl.INIT_RANGE).
 INIT_RANGE = 0.3
+FAMILIES = ("smolvlm", "idefics3")
 
 # SmolLM2's ids 0-2 first, then SmolVLM's image tokens (the real checkpoint adds them after
 # its BPE vocabulary; their ids do not matter to the model).
@@ -102,8 +105,8 @@ def build_tokenizer():
         model_input_names=["input_ids", "attention_mask"])
 
 
-def _model_config(tokenizer):
-    from transformers import SmolVLMConfig
+def _model_config(tokenizer, family: str = "smolvlm"):
+    from transformers import Idefics3Config, SmolVLMConfig
 
     ids = {name: tokenizer.convert_tokens_to_ids(name) for name in SPECIAL_TOKENS}
     text_config = dict(
@@ -115,33 +118,44 @@ def _model_config(tokenizer):
     vision_config = dict(
         hidden_size=VISION_HIDDEN, intermediate_size=2 * VISION_HIDDEN, num_hidden_layers=2,
         num_attention_heads=2, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, initializer_range=INIT_RANGE)
-    return SmolVLMConfig(text_config=text_config, vision_config=vision_config, scale_factor=SCALE_FACTOR,
-                         image_token_id=ids["<image>"], pad_token_id=ids["<|im_end|>"],
-                         tie_word_embeddings=False)
+    config_cls = SmolVLMConfig if family == "smolvlm" else Idefics3Config
+    return config_cls(text_config=text_config, vision_config=vision_config, scale_factor=SCALE_FACTOR,
+                      image_token_id=ids["<image>"], pad_token_id=ids["<|im_end|>"], tie_word_embeddings=False)
 
 
-def _image_processor():
-    from transformers import SmolVLMImageProcessor
+def _image_processor(family: str = "smolvlm"):
+    from transformers import Idefics3ImageProcessor, SmolVLMImageProcessor
 
     # The real checkpoint: size 4 * 512, max_image_size 512, splitting on (the backend turns it off).
-    return SmolVLMImageProcessor(do_resize=True, size={"longest_edge": 4 * IMAGE_SIZE},
+    return (SmolVLMImageProcessor if family == "smolvlm" else Idefics3ImageProcessor)(do_resize=True, size={"longest_edge": 4 * IMAGE_SIZE},
                                  max_image_size={"longest_edge": IMAGE_SIZE}, do_image_splitting=False,
                                  image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
 
 
-def build(folder: Path) -> None:
-    """Save a tiny SmolVLM model, tokenizer and processor files into folder (an existing, empty one)."""
-    from transformers import AutoModelForImageTextToText
+def build(folder: Path, family: str = "smolvlm") -> None:
+    """Save a tiny SmolVLM model, tokenizer and processor files into folder.
 
+    Args:
+        folder: an existing (empty) directory.
+        family: "smolvlm" (the `tiny:smolvlm` spec) or "idefics3".
+    """
+    from transformers import AutoModelForImageTextToText, Idefics3Processor
+
+    if family not in FAMILIES:
+        raise ValueError(f"family {family!r} is not one of {FAMILIES}")
     folder = Path(folder)
     tokenizer = build_tokenizer()
-    config = _model_config(tokenizer)
+    config = _model_config(tokenizer, family)
     torch.manual_seed(SEED)
     model = AutoModelForImageTextToText.from_config(config).eval()
     model.generation_config.bos_token_id = config.text_config.bos_token_id
     model.generation_config.eos_token_id = config.text_config.eos_token_id
     model.generation_config.pad_token_id = config.text_config.pad_token_id
     model.save_pretrained(folder, safe_serialization=True)
+    if family == "idefics3":
+        Idefics3Processor(image_processor=_image_processor(family), tokenizer=tokenizer, image_seq_len=IMAGE_SEQ_LEN,
+                          chat_template=CHAT_TEMPLATE).save_pretrained(folder)
+        return
     tokenizer.save_pretrained(folder)
     image_processor = _image_processor()
     image_processor.processor_class = "SmolVLMProcessor"
@@ -149,4 +163,4 @@ def build(folder: Path) -> None:
     (folder / "processor_config.json").write_text(json.dumps(
         {"image_seq_len": IMAGE_SEQ_LEN, "processor_class": "SmolVLMProcessor"}, indent=2))
     (folder / "chat_template.json").write_text(json.dumps({"chat_template": CHAT_TEMPLATE}, indent=2))
-    LOG.info("tiny smolvlm saved to %s (%d parameters)", folder, sum(p.numel() for p in model.parameters()))
+    LOG.info("tiny %s saved to %s (%d parameters)", family, folder, sum(p.numel() for p in model.parameters()))

@@ -202,3 +202,22 @@ def test_control_tokens_in_user_text_cannot_break_the_prompt(vlm):
     assert (ids == vlm.image_pad_id).sum() == TOKENS
     eou = vlm.tokenizer.convert_tokens_to_ids("<end_of_utterance>")
     assert (ids == eou).sum() == 3  # system, the user turn, the question: none from the texts
+
+
+def test_idefics3_family_shares_the_backend(tmp_path):
+    from dispider_ros.models import tiny_smolvlm
+
+    tiny_smolvlm.build(tmp_path, family="idefics3")
+    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "idefics3"
+    vlm = backend(str(tmp_path), kv_reuse=True)
+    assert isinstance(vlm, SmolVLMBackend) and type(vlm.model).__name__ == "Idefics3ForConditionalGeneration"
+    images = synthetic_frames(3, seed=11)
+    mem = memory_with(vlm, images)
+    parts = PromptParts(labelled(mem.snapshot()), QUESTION)
+    _, expected = pixel_path_tokens(vlm, parts, images)
+    assert vlm.generate(parts).token_ids == expected
+    memory_with(vlm, synthetic_frames(1, seed=12), start=5.0, mem=mem)
+    grown = PromptParts(labelled(mem.snapshot()), QUESTION)
+    again = vlm.generate(grown)
+    fresh = backend(str(tmp_path), kv_reuse=False).generate(grown)
+    assert again.reused_tokens > 0 and again.token_ids == fresh.token_ids
