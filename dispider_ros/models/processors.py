@@ -29,7 +29,8 @@ def no_video_processor():
 
 
 def load_processor(path: str, **kwargs):
-    """AutoProcessor, or (without torchvision) the same processor class assembled from parts."""
+    """AutoProcessor, or (without torchvision) the same processor class assembled from parts
+    (SmolVLM: `smolvlm_image_processor`, as SmolVLMProcessor cannot be imported at all)."""
     import transformers
     from transformers import AutoConfig, AutoImageProcessor, AutoProcessor, AutoTokenizer
     from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
@@ -39,12 +40,40 @@ def load_processor(path: str, **kwargs):
     except ImportError as error:  # the video processor wants torchvision
         LOG.info("AutoProcessor unavailable (%s); assembling it without a video processor",
                  str(error).strip().splitlines()[0])
-    model_type = AutoConfig.from_pretrained(path, **kwargs).model_type
-    processor_cls = getattr(transformers, PROCESSOR_MAPPING_NAMES[model_type])
+    config = AutoConfig.from_pretrained(path, **kwargs)
+    model_type = config.model_type
     tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    if model_type == "smolvlm":  # SmolVLMProcessor's module imports its video processor
+        image_processor = AutoImageProcessor.from_pretrained(path, use_fast=False, **kwargs)
+        vision = config.vision_config
+        seq_len = (vision.image_size // vision.patch_size) ** 2 // config.scale_factor ** 2
+        return smolvlm_image_processor(image_processor, tokenizer, seq_len,
+                                       getattr(tokenizer, "chat_template", None))
+    processor_cls = getattr(transformers, PROCESSOR_MAPPING_NAMES[model_type])
     return processor_cls(image_processor=AutoImageProcessor.from_pretrained(path, use_fast=False, **kwargs),
                          tokenizer=tokenizer, video_processor=no_video_processor(),
                          chat_template=getattr(tokenizer, "chat_template", None))
+
+
+def smolvlm_image_processor(image_processor, tokenizer, image_seq_len: int, chat_template=None):
+    """SmolVLMProcessor's image half, for where torchvision is absent: an `Idefics3Processor`
+    (the same `<fake_token_around_image><global-img><image>*n<fake_token_around_image>`
+    expansion of each `<image>`, the same row/column expansion of split images) holding
+    the checkpoint's own SmolVLMImageProcessor.
+
+    Args:
+        image_processor: a SmolVLMImageProcessor.
+        tokenizer: the checkpoint's tokenizer (its image tokens are added if missing).
+        image_seq_len: visual tokens per tile ((image_size // patch_size)^2 / scale_factor^2).
+        chat_template: the checkpoint's chat template.
+    """
+    from transformers import Idefics3Processor
+
+    class SmolVLMImageTextProcessor(Idefics3Processor):
+        image_processor_class = "SmolVLMImageProcessor"
+
+    return SmolVLMImageTextProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                     image_seq_len=image_seq_len, chat_template=chat_template)
 
 
 def validate_image(image) -> None:
@@ -57,4 +86,4 @@ def validate_image(image) -> None:
 
 
 
-__all__ = ["no_video_processor", "load_processor", "validate_image"]
+__all__ = ["no_video_processor", "load_processor", "smolvlm_image_processor", "validate_image"]

@@ -83,7 +83,15 @@ class Qwen2VLBackend(ReactionVLM):
     Args:
         config: what to load and how to generate.
         path: resolved local folder or hub id of the checkpoint.
+
+    A family with plain 1-D positions (models/smolvlm.py) subclasses it, overriding the
+    family hooks: `_init_family`, `_render` (+ `prompt_text`, `_label`, the overhead counts),
+    `encode_images`, `_positions`, `_forward_prefix`, `_prepare_decode`, `FRAME_LEAD`,
+    `EOS_TOKENS`.
     """
+
+    FRAME_LEAD = 1  # tokens that open a frame (<|vision_start|>): never cached without the frame
+    EOS_TOKENS = ("<|im_end|>", "<|endoftext|>")  # end an answer besides generation_config's
 
     def __init__(self, config: ReactionVLMConfig, path: str):
         from transformers import AutoModelForImageTextToText
@@ -101,11 +109,9 @@ class Qwen2VLBackend(ReactionVLM):
         self.model_type = model.config.model_type
         self.device = torch.device(config.device)
         self.dtype = load.torch_dtype
-        self.merge = int(model.config.vision_config.spatial_merge_size)
         self.image_pad_id = int(model.config.image_token_id)
         self.eos_ids = self._eos_ids()
-        self._pixel_kwargs = {k: v for k, v in (("min_pixels", config.min_pixels),
-                                                ("max_pixels", config.max_pixels)) if v is not None}
+        self._init_family(model)
         self._text_ids: Dict[str, np.ndarray] = {}  # tokenized text runs (labels, turns, header)
         self._gen_lock = threading.Lock()  # one generation at a time: the cache is shared state
         self._temp_key = -1
@@ -113,6 +119,12 @@ class Qwen2VLBackend(ReactionVLM):
         LOG.info("reaction VLM %s (%s, hidden %d) on %s %s, KV reuse %s", config.model, self.model_type,
                  self.hidden_size, config.device, str(self.dtype).replace("torch.", ""),
                  "on" if config.kv_reuse else "off")
+
+    def _init_family(self, model) -> None:
+        """Family-specific settings read once the model is loaded."""
+        self.merge = int(model.config.vision_config.spatial_merge_size)
+        self._pixel_kwargs = {k: v for k, v in (("min_pixels", self.config.min_pixels),
+                                                ("max_pixels", self.config.max_pixels)) if v is not None}
 
     # ---- ReactionVLM -------------------------------------------------------------------
     @property
@@ -192,8 +204,7 @@ class Qwen2VLBackend(ReactionVLM):
                 slot = self._slot_index(parts.cache_slot)
                 reused, cache, positions = self._prefill(prompt, slot)
                 length = len(prompt.ids)
-                delta = int(positions.max()) + 1 - length  # M-RoPE offset of decode positions
-                model.model.rope_deltas = torch.tensor([[delta]], device=self.device)
+                self._prepare_decode(positions, length)
                 streamer = callback_streamer(self.tokenizer, on_text)
                 input_ids = torch.from_numpy(prompt.ids)[None].to(self.device)  # (1, L)
                 out = model.generate(
@@ -338,10 +349,11 @@ class Qwen2VLBackend(ReactionVLM):
             n = min(len(held.ids), prompt.prefix_len)
             diff = np.flatnonzero((held.ids[:n] != prompt.ids[:n]) | (held.src[:n] != prompt.src[:n]))
             common = int(diff[0]) if len(diff) else n
+            lead = self.FRAME_LEAD
             for start, frame in prompt.frames:
                 # Never split a frame from its <|vision_start|>: get_rope_index finds images by it.
-                if start - 1 < common < start + frame.n_tokens:
-                    common = start - 1
+                if start - lead < common < start + frame.n_tokens:
+                    common = start - lead
         if common == 0 or held.cache is None:
             cache, common = DynamicCache(config=model.config.text_config), 0
             held.pos = torch.zeros(3, 0, dtype=torch.long)
@@ -353,24 +365,34 @@ class Qwen2VLBackend(ReactionVLM):
         if limit is not None and end - common > limit:
             end = self._cut(prompt, common, common + max(1, limit))
         if end > common:
-            embeds = self._embed(prompt, common, end)  # (1, T, H)
-            model.model.language_model(
-                inputs_embeds=embeds, position_ids=positions[:, None, common:end].to(self.device),
-                past_key_values=cache, use_cache=True,
-                cache_position=torch.arange(common, end, device=self.device),
-                **self._decoder_inputs(prompt, common, end))
+            self._forward_prefix(self._embed(prompt, common, end), positions, cache, common, end,
+                                 **self._decoder_inputs(prompt, common, end))
         if self.config.kv_reuse:
             self._slots[slot] = _Slot(cache, prompt.ids[:end], prompt.src[:end], positions[:, :end])
         return common, cache, positions
 
-    @staticmethod
-    def _cut(prompt: _Assembled, start: int, end: int) -> int:
-        """end moved so that no frame is split from its <|vision_start|>: back before the
-        frame, or past it when the frame starts the step; > start."""
+    def _cut(self, prompt: _Assembled, start: int, end: int) -> int:
+        """end moved so that no frame is split from its <|vision_start|> (its FRAME_LEAD
+        opening tokens): back before them, or past the frame when it starts the step; > start."""
+        lead = self.FRAME_LEAD
         for first, frame in prompt.frames:
-            if first - 1 < end < first + frame.n_tokens:
-                return first - 1 if first - 1 > start else first + frame.n_tokens
+            if first - lead < end < first + frame.n_tokens:
+                return first - lead if first - lead > start else first + frame.n_tokens
         return end
+
+    def _forward_prefix(self, embeds: torch.Tensor, positions: torch.Tensor, cache, start: int, end: int,
+                        **inputs) -> None:
+        """Run the decoder over prompt positions start..end-1 (embeds (1, T, H)) into cache;
+        inputs: the family's further decoder inputs (`_decoder_inputs`)."""
+        self._require_model().model.language_model(
+            inputs_embeds=embeds, position_ids=positions[:, None, start:end].to(self.device),
+            past_key_values=cache, use_cache=True, cache_position=torch.arange(start, end, device=self.device),
+            **inputs)
+
+    def _prepare_decode(self, positions: torch.Tensor, length: int) -> None:
+        """Before generate() continues a prompt of `length` tokens whose positions are given."""
+        delta = int(positions.max()) + 1 - length  # M-RoPE offset of decode positions
+        self._require_model().model.rope_deltas = torch.tensor([[delta]], device=self.device)
 
     def _positions(self, prompt: _Assembled, start: int, held: torch.Tensor) -> torch.Tensor:
         """(3, L) M-RoPE positions: the slot's cached ones (held) before start, get_rope_index
@@ -431,7 +453,7 @@ class Qwen2VLBackend(ReactionVLM):
     def _eos_ids(self) -> set:
         eos = self.model.generation_config.eos_token_id
         ids = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
-        for token in ("<|im_end|>", "<|endoftext|>"):
+        for token in self.EOS_TOKENS:
             token_id = self.tokenizer.convert_tokens_to_ids(token)
             if isinstance(token_id, int) and token_id != self.tokenizer.unk_token_id:
                 ids.add(token_id)

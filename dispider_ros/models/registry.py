@@ -31,6 +31,7 @@ from dispider_ros.models.loading import check_model_source
 from dispider_ros.models.qwen2_vl import Qwen2VLBackend
 from dispider_ros.models.remote import RemoteConfig, is_remote, load_remote_vlm
 from dispider_ros.models.qwen3_vl import Qwen3VLBackend
+from dispider_ros.models.smolvlm import SmolVLMBackend
 from dispider_ros.models.vlm_config import ReactionVLMConfig
 
 # What a backend class must provide: the Protocol's public members.
@@ -42,6 +43,9 @@ BACKENDS: Dict[str, Type] = {
     # Qwen3-VL: DeepStack features ride in FrameTokens.extra
     "qwen3_vl": Qwen3VLBackend,
     "qwen3_vl_moe": Qwen3VLBackend,
+    # SmolVLM2 (and Idefics3, its v1): the CPU-robot family (models/smolvlm.py)
+    "smolvlm": SmolVLMBackend,
+    "idefics3": SmolVLMBackend,
 }
 
 

@@ -27,6 +27,7 @@ BUILDERS = {
     # Qwen3-VL dense and MoE: one module, whose build_qwen3_vl_moe builds the MoE
     "qwen3_vl": "dispider_ros.models.tiny_qwen3_vl",
     "qwen3_vl_moe": "dispider_ros.models.tiny_qwen3_vl",
+    "smolvlm": "dispider_ros.models.tiny_smolvlm",
 }
 
 

@@ -186,6 +186,23 @@ def test_cli_run_answers_with_the_tiny_qwen3_vl_preset(flower, tmp_path):
     assert now["prompt_tokens"] == now["prefill_tokens"] + now["reused_tokens"] > 3 * 12  # 12 per frame
 
 
+def test_cli_run_with_the_tiny_smolvlm_preset_answers(flower, offline_runs, tmp_path):
+    """The CPU-robot backend through the whole offline replay: same triggers as the tiny
+    (Qwen2-VL) preset, the "now" query answered with SmolVLM's 16-token frames and KV reuse."""
+    video = shared_file("videos/mdn_cc0_flower.mp4")
+    out = tmp_path / "smolvlm_run"
+    done = cli("run", "--bag", video, "--annotations", flower["annotations"], "--out", out,
+               "--preset", "tiny_smolvlm")
+    assert done.returncode == 0, done.stderr
+    run = read_run(out)
+    assert run.run_info()["preset"] == "tiny_smolvlm"
+    bag_triggers = [(t["query_id"], round(t["stamp"], 3)) for t in read_run(offline_runs["mcap"][0]).triggers]
+    assert [(t["query_id"], round(t["stamp"], 3)) for t in run.triggers] == bag_triggers
+    (now,) = [r for r in run.responses if r["query_id"] == "flower_now" and r["final"]]
+    assert now["error_code"] == 0 and now["token_count"] > 0 and now["text"]
+    assert now["prompt_tokens"] > 16 * now["frames_in_prompt"] and now["reused_tokens"] > 0
+
+
 @pytest.mark.parametrize("name", ["rosbag2_talker_sqlite3", "rosbag2_talker_mcap"])
 def test_cli_bag_without_images_fails_clearly(flower, tmp_path, name):
     bag = shared_file(f"bags/{name}/metadata.yaml").parent

@@ -1,5 +1,6 @@
 """KV on arrival, batched compression and double-buffered re-prefill, on the tiny Qwen2-VL,
-Qwen3-VL and Qwen3-VL-MoE (DeepStack features prefilled with each frame, pooled with it).
+Qwen3-VL, Qwen3-VL-MoE (DeepStack features prefilled with each frame, pooled with it) and
+SmolVLM (every test runs for each family).
 
 Each answer the engine gives is checked against a full recompute (a backend with no cache)
 over the very prompt the engine built: greedy tokens must be identical after appends,
@@ -29,7 +30,7 @@ def frames(n, seed=0, size=(96, 128)):
     return [rng.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in range(n)]
 
 
-@pytest.fixture(scope="module", params=["qwen2_vl", "qwen3_vl", "qwen3_vl_moe"])
+@pytest.fixture(scope="module", params=["qwen2_vl", "qwen3_vl", "qwen3_vl_moe", "smolvlm"])
 def model_path(request):
     torch.set_num_threads(1)
     return tiny.resolve_model_path(f"tiny:{request.param}")
@@ -195,11 +196,11 @@ def test_memory_statistics_are_exact(model_path):
         assert stats["frames"] == 9 and stats["history_span_sec"] == 4.0
         # The memory's count is the prompt's: header + user opening + exactly its tokens.
         header = vlm._assemble(PromptParts([], "")).prefix_len  # the system message
-        opening = vlm.count_tokens("<|im_start|>user\n")
+        opening = vlm.count_tokens(vlm._render(PromptParts(items, ""))[0][1])  # the user message's opening
         prompt = vlm._assemble(PromptParts(items, ""))
         assert prompt.prefix_len == header + opening + stats["tokens"]
         unlabelled = dataclasses.replace(items[1])
-        assert vlm.frame_overhead_tokens(unlabelled) == 2 < vlm.frame_overhead_tokens(items[0])
+        assert vlm.frame_overhead_tokens(unlabelled) == vlm.FRAME_LEAD + 1 < vlm.frame_overhead_tokens(items[0])
     finally:
         engine.close()
 
