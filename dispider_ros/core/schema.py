@@ -133,8 +133,8 @@ DECISION = _common("decision_node", "SigLIP/CLIP checkpoint whose text tower sco
           0.5, 3600.0, live=True),
 )
 
-REACTION = _common("reaction_node", "video-LLM answering triggers (Qwen2-VL / Qwen2.5-VL "
-                   "family)") + (
+REACTION = _common("reaction_node", "video-LLM answering triggers (Qwen2-VL, Qwen2.5-VL, "
+                   "Qwen3-VL, SmolVLM2; openai:<served model> = a VLM on a serving engine)") + (
     Param("max_image_pixels", 4096 * 4096, "larger sampled frames are refused as malformed",
           1, 1 << 28),
     Param("max_queue", 8, "triggers waiting at most; overflow drops the oldest", 1, 1000),
