@@ -18,10 +18,12 @@ from typing import Callable
 LOG = logging.getLogger(__name__)
 
 PREFIX = "tiny:"
-# family -> module with build(folder: Path) -> None
+# family -> module with build(folder: Path) -> None (and optionally cache_key() -> str)
 BUILDERS = {
     "siglip": "dispider_ros.models.tiny_siglip",
     "qwen2_vl": "dispider_ros.models.tiny_qwen2_vl",
+    # trained on dispider_ros.world (knows its scenes and questions; see its docstring)
+    "siglip_trained": "dispider_ros.models.tiny_siglip_trained",
 }
 
 
@@ -44,7 +46,10 @@ def resolve_model_path(spec: str) -> str:
     module = importlib.import_module(BUILDERS[family])
     # The folder name carries a hash of the builder's source: a changed builder never
     # reuses a stale cached model.
-    digest = hashlib.sha256(Path(module.__file__).read_bytes()).hexdigest()[:10]
+    key = Path(module.__file__).read_bytes()
+    if hasattr(module, "cache_key"):  # a builder trained on data adds what it read (str)
+        key += module.cache_key().encode()
+    digest = hashlib.sha256(key).hexdigest()[:10]
     folder = cache_root() / f"{family}-{digest}"
     return build_once(folder, module.build, f"tiny {family}")
 
