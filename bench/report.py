@@ -31,6 +31,9 @@ TARGETS = {
                                  ">= 0.95", lambda v: v >= 0.95, "x"),
     "split_vs_raw_camera_ratio": ("Split hosts: raw camera bytes/s / link bytes/s (JPEG frames)",
                                   ">= 20", lambda v: v >= 20.0, "x"),
+    # bench/semantic_match.py: zero-shot "tell me when" on cut streams, trained tiny SigLIP
+    "match_f1": ("Zero-shot trigger F1 on cut streams (tiny:siglip_trained)", ">= 0.90",
+                 lambda v: v >= 0.90, "x"),
 }
 
 
@@ -232,6 +235,13 @@ def summarize(results: dict) -> dict:
                 f"raw sampled frames {split['raw']['raw_camera_over_link']:.1f}x "
                 f"({split['raw']['link_bytes_per_sec'] / 1e6:.2f} MB/s); JPEG "
                 f"{split['jpeg']['link_bytes_per_sec'] / 1e3:.0f} kB/s")
+    if "semantic_match" in s:  # bench/semantic_match.py
+        ours, base = s["semantic_match"]["ours"], s["semantic_match"]["baseline"]
+        results["match_f1"] = ours["f1"]
+        results["match_precision"], results["match_recall"] = ours["precision"], ours["recall"]
+        baselines["match_f1"] = (
+            f"untrained tiny:siglip F1 {base['f1']:.2f} (P {base['precision']:.2f}, R "
+            f"{base['recall']:.2f}); ours P {ours['precision']:.2f}, R {ours['recall']:.2f}")
     results["baselines"] = baselines
     results["verdicts"] = verdicts(results)
     return results

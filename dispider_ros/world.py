@@ -169,15 +169,17 @@ def render(photo: np.ndarray, window: Window, size: Tuple[int, int]) -> np.ndarr
     return cv2.resize(np.ascontiguousarray(crop), (out_w, out_h), interpolation=interp)
 
 
-def camera_effects(image: np.ndarray, rng: np.random.Generator, strength: float = 1.0) -> np.ndarray:
-    """Exposure, contrast, colour cast and sensor noise, as a camera adds them."""
+def camera_effects(image: np.ndarray, rng: np.random.Generator, strength: float = 1.0,
+                   noise: float = 4.0) -> np.ndarray:
+    """Exposure, contrast, colour cast and sensor noise (std `noise` grey levels at full
+    strength), as a camera adds them."""
     x = image.astype(np.float32)
     gain = 1.0 + strength * rng.uniform(-0.25, 0.25)
     contrast = 1.0 + strength * rng.uniform(-0.25, 0.25)
     cast = 1.0 + strength * rng.uniform(-0.08, 0.08, size=3)
     mean = x.mean()
     x = ((x - mean) * contrast + mean) * gain * cast
-    x += rng.normal(0.0, 4.0 * strength, size=x.shape)
+    x += rng.normal(0.0, noise * strength, size=x.shape)
     return np.clip(x, 0, 255).astype(np.uint8)
 
 

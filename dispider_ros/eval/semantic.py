@@ -12,7 +12,9 @@ Scoring, per question about scene X:
     precision = correct triggers / triggers (a trigger before X ever appears is wrong);
   - X's first appearance is detected when the question's FIRST trigger comes within one
     sampled period (1 / sample_fps) of the first sampled frame showing X -- on that frame
-    or the next sampled one, and never before; recall = detected / first appearances.
+    or the next sampled one, and never before; recall = detected / first appearances
+    (an appearance whose first sampled frame is the stream's last is not counted: it has
+    no next sampled frame to fire on).
 (Later appearances may fall in the cooldown of an earlier trigger, so only the first
 counts for recall; every trigger counts for precision.)
 
@@ -89,7 +91,7 @@ def run_stream(composition, seed: int, seconds: float, fps: float = 10.0,
 def _outcome(seed, scene, shots, sampled, triggers, start) -> Outcome:
     spans = [(start + shot.start, start + shot.end) for shot in shots if shot.scene == scene]
     shows = lambda stamp: any(a <= stamp < b for a, b in spans)  # noqa: E731
-    first = next((t for t in sampled if shows(t)), None)
+    first = next((t for t in sampled[:-1] if shows(t)), None)  # the last one has no next
     out = Outcome(seed, scene.name, bool(spans), first, list(triggers), [shows(t) for t in triggers])
     if first is not None and triggers:
         out.latency_sec = triggers[0] - first

@@ -80,7 +80,7 @@ def build(folder: Path) -> None:
     Args:
         folder: an existing (empty) directory.
     """
-    from transformers import SiglipImageProcessor, SiglipModel, SiglipProcessor
+    from transformers import SiglipModel, SiglipProcessor
 
     folder = Path(folder)
     tokenizer = build_tokenizer()
@@ -98,7 +98,7 @@ def build(folder: Path) -> None:
              sum(p.numel() for p in model.parameters()))
 
 
-def siglip_config(tokenizer, patch_size: int = PATCH_SIZE):
+def siglip_config(tokenizer, patch_size: int = PATCH_SIZE, image_size: int = IMAGE_SIZE):
     """The tiny SigLIP architecture (both towers) for tokenizer's vocabulary."""
     from transformers import SiglipConfig
 
@@ -109,12 +109,12 @@ def siglip_config(tokenizer, patch_size: int = PATCH_SIZE):
         bos_token_id=tokenizer.eos_token_id, projection_size=HIDDEN)
     vision_config = dict(
         hidden_size=HIDDEN, intermediate_size=2 * HIDDEN, num_hidden_layers=2,
-        num_attention_heads=2, image_size=IMAGE_SIZE, patch_size=patch_size)
+        num_attention_heads=2, image_size=image_size, patch_size=patch_size)
     return SiglipConfig(text_config=text_config, vision_config=vision_config)
 
 
-def image_processor():
-    """The processor's image half: an exact resize to IMAGE_SIZE square."""
+def image_processor(image_size: int = IMAGE_SIZE):
+    """The processor's image half: an exact resize to an image_size square."""
     from transformers import SiglipImageProcessor
 
-    return SiglipImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    return SiglipImageProcessor(size={"height": image_size, "width": image_size})
