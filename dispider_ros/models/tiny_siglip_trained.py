@@ -47,7 +47,7 @@ VIEW_SIZES = ((80, 60), (96, 54), (64, 64))  # (W, H): 4:3 and 16:9 cameras, squ
 NOISE = 1.5  # grey levels at view size: a camera's sensor noise after shrinking ~4x
 STEPS = 600
 BATCH = 128  # images per step
-TEXTS_PER_STEP = 48  # texts per step, drawn from every text of the world
+TEXTS_PER_SCENE = 2  # texts of every scene in every step: each step contrasts all scenes
 PATCH_SIZE = 16  # (64/16)^2 = 16 patches: a quarter of tiny:siglip's compute per image
 LR = 3e-3
 WARMUP = 25
@@ -120,6 +120,8 @@ def _train(model, pixels, labels, ids, text_labels, generator) -> List[float]:
     optimiser = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.05)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: min(
         1.0, (step + 1) / WARMUP) * 0.5 * (1 + math.cos(math.pi * step / STEPS)))
+    counts = torch.bincount(text_labels)  # texts of each scene, listed scene by scene
+    starts = torch.cumsum(counts, 0) - counts
     model.train()
     losses = []
     for _ in range(STEPS):
@@ -127,7 +129,8 @@ def _train(model, pixels, labels, ids, text_labels, generator) -> List[float]:
         batch = pixels[pick].float()  # (B, 3, S, S)
         mirror = torch.rand(BATCH, generator=generator) < 0.5  # each view also seen mirrored
         batch = torch.where(mirror[:, None, None, None], batch.flip(-1), batch)
-        words = torch.randint(len(ids), (TEXTS_PER_STEP,), generator=generator)
+        words = torch.cat([start + torch.randint(int(count), (TEXTS_PER_SCENE,), generator=generator)
+                           for start, count in zip(starts, counts)])  # (T,)
         image, text = _embed(model, pixels=batch), _embed(model, ids=ids[words])  # (B, D), (T, D)
         logits = model.logit_scale.exp() * image @ text.T + model.logit_bias  # (B, T)
         sign = (labels[pick][:, None] == text_labels[words][None]).float() * 2 - 1
