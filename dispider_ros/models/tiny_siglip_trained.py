@@ -140,7 +140,7 @@ def _train(model, pixels, labels, ids, text_labels, generator) -> List[float]:
         loss.backward()
         optimiser.step()
         schedule.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     model.eval()
     return losses
 
