@@ -47,7 +47,8 @@ def main(argv=None) -> int:
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SEC",
                         help="first wait up to SEC seconds for a 1-minute load average < 0.5")
     parser.add_argument("--only", default="", help="comma list of sections: graph (= p1: P1/P2 through the three node "
-                        "processes),p3,p4,p5,p6,intake,split (split needs root),smolvlm (SmolVLM2-256M shapes on CPU)")
+                        "processes),p3,p4,p5,p6,intake,split (split needs root),smolvlm (SmolVLM2-256M shapes on CPU),"
+                        "semantic")
     args = parser.parse_args(argv)
     _env()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -116,6 +117,10 @@ def main(argv=None) -> int:
         from bench import smolvlm_cpu
 
         section("smolvlm_cpu", lambda: smolvlm_cpu.run(args.quick))
+    if want("semantic"):  # zero-shot trigger semantics (trained tiny SigLIP vs random)
+        from bench import semantic_match
+
+        section("semantic_match", lambda: semantic_match.run(args.quick))
 
     report.summarize(results)
     if "p4_bounded" in results["sections"]:

@@ -33,6 +33,9 @@ TARGETS = {
                                   ">= 20", lambda v: v >= 20.0, "x"),
     # bench/smolvlm_cpu.py: SmolVLM2-256M shapes, random weights, CPU float32
     "smolvlm_cpu_ttft_ms": ("SmolVLM2-256M CPU TTFT, most frames measured (KV reuse)", "reported", None, "ms"),
+    # bench/semantic_match.py: zero-shot "tell me when" on cut streams, trained tiny SigLIP
+    "match_f1": ("Zero-shot trigger F1 on cut streams (tiny:siglip_trained)", ">= 0.90",
+                 lambda v: v >= 0.90, "x"),
 }
 
 
@@ -246,6 +249,13 @@ def summarize(results: dict) -> dict:
             f"{n} frames ({row['prompt_tokens']} tokens): no KV reuse {row['no_kv_reuse']['ttft_ms']:.0f} ms; "
             f"encode {smol['encode_ms_p50']:.0f} ms/frame, decode {row['decode_tokens_per_sec_p50']:.1f} tok/s, "
             f"{smol['threads']} thread(s)")
+    if "semantic_match" in s:  # bench/semantic_match.py
+        ours, base = s["semantic_match"]["ours"], s["semantic_match"]["baseline"]
+        results["match_f1"] = ours["f1"]
+        results["match_precision"], results["match_recall"] = ours["precision"], ours["recall"]
+        baselines["match_f1"] = (
+            f"untrained tiny:siglip F1 {base['f1']:.2f} (P {base['precision']:.2f}, R "
+            f"{base['recall']:.2f}); ours P {ours['precision']:.2f}, R {ours['recall']:.2f}")
     results["baselines"] = baselines
     results["verdicts"] = verdicts(results)
     return results

@@ -14,6 +14,7 @@ When `../shared/data/videos` is present, frames of its CC0 clips join as more sc
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
@@ -66,6 +67,36 @@ NOW_QUESTION = "What is in front of the camera?"
 def match_question(scene: Scene) -> str:
     """The zero-shot trigger question for a scene ("Tell me when the rocket appears.")."""
     return f"Tell me when the {scene.word} appears."
+
+
+# How users ask to be told about a scene ({word} = Scene.word); the first is match_question's.
+MATCH_TEMPLATES: Tuple[str, ...] = (
+    "Tell me when the {word} appears.",
+    "Let me know when the {word} is in view.",
+    "Let me know when you see the {word}.",
+    "Alert me when the {word} shows up.",
+    "Notify me as soon as the {word} appears.",
+    "Watch for the {word}.",
+)
+
+
+def match_questions(scene: Scene) -> List[str]:
+    """Every MATCH_TEMPLATES question about scene."""
+    return [template.format(word=scene.word) for template in MATCH_TEMPLATES]
+
+
+def shared_data_dir() -> Optional[Path]:
+    """The shared data folder: $DISPIDER_SHARED_DATA, else the first `shared/data` (with a
+    videos/ folder) beside an ancestor of this file -- a checkout's ../shared/data, which an
+    install inside that checkout's venv finds too -- else None."""
+    env = os.environ.get("DISPIDER_SHARED_DATA")
+    if env:
+        return Path(env) if Path(env).is_dir() else None
+    for parent in Path(__file__).resolve().parents:
+        candidate = parent / "shared" / "data"
+        if (candidate / "videos").is_dir():
+            return candidate
+    return None
 
 
 def scene(name: str) -> Scene:
@@ -138,15 +169,17 @@ def render(photo: np.ndarray, window: Window, size: Tuple[int, int]) -> np.ndarr
     return cv2.resize(np.ascontiguousarray(crop), (out_w, out_h), interpolation=interp)
 
 
-def camera_effects(image: np.ndarray, rng: np.random.Generator, strength: float = 1.0) -> np.ndarray:
-    """Exposure, contrast, colour cast and sensor noise, as a camera adds them."""
+def camera_effects(image: np.ndarray, rng: np.random.Generator, strength: float = 1.0,
+                   noise: float = 4.0) -> np.ndarray:
+    """Exposure, contrast, colour cast and sensor noise (std `noise` grey levels at full
+    strength), as a camera adds them."""
     x = image.astype(np.float32)
     gain = 1.0 + strength * rng.uniform(-0.25, 0.25)
     contrast = 1.0 + strength * rng.uniform(-0.25, 0.25)
     cast = 1.0 + strength * rng.uniform(-0.08, 0.08, size=3)
     mean = x.mean()
     x = ((x - mean) * contrast + mean) * gain * cast
-    x += rng.normal(0.0, 4.0 * strength, size=x.shape)
+    x += rng.normal(0.0, noise * strength, size=x.shape)
     return np.clip(x, 0, 255).astype(np.uint8)
 
 
@@ -230,3 +263,4 @@ def names_scene(answer: str, target: Scene, scenes: Sequence[Scene] = PHOTO_SCEN
 __all__ = ["Scene", "PHOTO_SCENES", "VIDEO_SCENES", "NOW_QUESTION", "match_question", "scene",
            "load_photo", "video_scenes", "Window", "random_window", "render", "camera_effects",
            "camera_view", "Shot", "plan_shots", "shot_frames", "cut_stream", "names_scene"]
+__all__ += ["MATCH_TEMPLATES", "match_questions", "shared_data_dir"]

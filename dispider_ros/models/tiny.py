@@ -20,7 +20,7 @@ LOG = logging.getLogger(__name__)
 
 PREFIX = "tiny:"
 # family -> module with build(folder: Path) -> None (or build_<family>(folder), where one
-# module serves several families)
+# module serves several families), and optionally cache_key() -> str (what it trained on)
 BUILDERS = {
     "siglip": "dispider_ros.models.tiny_siglip",
     "qwen2_vl": "dispider_ros.models.tiny_qwen2_vl",
@@ -28,6 +28,8 @@ BUILDERS = {
     "qwen3_vl": "dispider_ros.models.tiny_qwen3_vl",
     "qwen3_vl_moe": "dispider_ros.models.tiny_qwen3_vl",
     "smolvlm": "dispider_ros.models.tiny_smolvlm",
+    # trained on dispider_ros.world (knows its scenes and questions; see its docstring)
+    "siglip_trained": "dispider_ros.models.tiny_siglip_trained",
 }
 
 
@@ -50,7 +52,10 @@ def resolve_model_path(spec: str) -> str:
     module = importlib.import_module(BUILDERS[family])
     # The folder name carries a hash of the builder's source: a changed builder never
     # reuses a stale cached model.
-    digest = hashlib.sha256(Path(module.__file__).read_bytes()).hexdigest()[:10]
+    key = Path(module.__file__).read_bytes()
+    if hasattr(module, "cache_key"):  # a builder trained on data adds what it read (str)
+        key += module.cache_key().encode()
+    digest = hashlib.sha256(key).hexdigest()[:10]
     folder = cache_root() / f"{family}-{digest}"
     build = getattr(module, f"build_{family}", module.build)
     return build_once(folder, build, f"tiny {family}")

@@ -51,8 +51,9 @@ SENTENCES = [
 ]
 
 
-def build_tokenizer():
-    """A lower-casing byte-level BPE that appends </s> like SigLIP's tokenizer."""
+def build_tokenizer(sentences=SENTENCES, vocab_size: int = VOCAB_SIZE):
+    """A lower-casing byte-level BPE that appends </s> like SigLIP's tokenizer, trained on
+    `sentences` (a builder that knows other texts trains it on those)."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -61,10 +62,10 @@ def build_tokenizer():
     tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=special,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
-    tok.train_from_iterator(SENTENCES * 4, trainer=trainer)
+    tok.train_from_iterator(list(sentences) * 4, trainer=trainer)
     eos_id = tok.token_to_id("</s>")
     tok.post_processor = processors.TemplateProcessing(
         single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", eos_id)])
@@ -79,20 +80,11 @@ def build(folder: Path) -> None:
     Args:
         folder: an existing (empty) directory.
     """
-    from transformers import (SiglipConfig, SiglipImageProcessor, SiglipModel,
-                              SiglipProcessor)
+    from transformers import SiglipModel, SiglipProcessor
 
     folder = Path(folder)
     tokenizer = build_tokenizer()
-    text_config = dict(
-        vocab_size=len(tokenizer), hidden_size=HIDDEN, intermediate_size=2 * HIDDEN,
-        num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=TEXT_LENGTH,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.eos_token_id, projection_size=HIDDEN)
-    vision_config = dict(
-        hidden_size=HIDDEN, intermediate_size=2 * HIDDEN, num_hidden_layers=2,
-        num_attention_heads=2, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE)
-    config = SiglipConfig(text_config=text_config, vision_config=vision_config)
+    config = siglip_config(tokenizer)
     torch.manual_seed(SEED)
     model = SiglipModel(config).eval()
     with torch.no_grad():
@@ -101,7 +93,28 @@ def build(folder: Path) -> None:
         model.logit_scale.fill_(float(torch.log(torch.tensor(20.0))))
         model.logit_bias.fill_(-10.0)
     model.save_pretrained(folder, safe_serialization=True)
-    image_processor = SiglipImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
-    SiglipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
+    SiglipProcessor(image_processor=image_processor(), tokenizer=tokenizer).save_pretrained(folder)
     LOG.info("tiny SigLIP saved to %s (%d parameters)", folder,
              sum(p.numel() for p in model.parameters()))
+
+
+def siglip_config(tokenizer, patch_size: int = PATCH_SIZE, image_size: int = IMAGE_SIZE):
+    """The tiny SigLIP architecture (both towers) for tokenizer's vocabulary."""
+    from transformers import SiglipConfig
+
+    text_config = dict(
+        vocab_size=len(tokenizer), hidden_size=HIDDEN, intermediate_size=2 * HIDDEN,
+        num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=TEXT_LENGTH,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id, projection_size=HIDDEN)
+    vision_config = dict(
+        hidden_size=HIDDEN, intermediate_size=2 * HIDDEN, num_hidden_layers=2,
+        num_attention_heads=2, image_size=image_size, patch_size=patch_size)
+    return SiglipConfig(text_config=text_config, vision_config=vision_config)
+
+
+def image_processor(image_size: int = IMAGE_SIZE):
+    """The processor's image half: an exact resize to an image_size square."""
+    from transformers import SiglipImageProcessor
+
+    return SiglipImageProcessor(size={"height": image_size, "width": image_size})
