@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SEC",
                         help="first wait up to SEC seconds for a 1-minute load average < 0.5")
     parser.add_argument("--only", default="", help="comma list of sections: graph (= p1: P1/P2 through the three node "
-                        "processes),p3,p4,p5,p6,intake,split (split needs root)")
+                        "processes),p3,p4,p5,p6,intake,split (split needs root),semantic")
     args = parser.parse_args(argv)
     _env()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -112,6 +112,11 @@ def main(argv=None) -> int:
         from bench import split_link
 
         section("split_link", lambda: split_link.run(args.quick))
+
+    if want("semantic"):  # answers checked against the photographs shown (trained tiny VLM)
+        from bench import semantic_answers
+
+        section("semantic_answers", lambda: semantic_answers.run(args.quick))
 
     report.summarize(results)
     if "p4_bounded" in results["sections"]:

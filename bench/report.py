@@ -31,6 +31,9 @@ TARGETS = {
                                  ">= 0.95", lambda v: v >= 0.95, "x"),
     "split_vs_raw_camera_ratio": ("Split hosts: raw camera bytes/s / link bytes/s (JPEG frames)",
                                   ">= 20", lambda v: v >= 20.0, "x"),
+    # bench/semantic_answers.py: now-questions answered right, second half of a long stream
+    "answer_accuracy_steady": ("Now-questions naming the evidence frame's photo, steady state",
+                               ">= 0.90", lambda v: v >= 0.90, "x"),
 }
 
 
@@ -232,6 +235,14 @@ def summarize(results: dict) -> dict:
                 f"raw sampled frames {split['raw']['raw_camera_over_link']:.1f}x "
                 f"({split['raw']['link_bytes_per_sec'] / 1e6:.2f} MB/s); JPEG "
                 f"{split['jpeg']['link_bytes_per_sec'] / 1e3:.0f} kB/s")
+    if "semantic_answers" in s:  # bench/semantic_answers.py (trained tiny VLM)
+        sem = s["semantic_answers"]
+        arms = sem["arms"]
+        results["answer_accuracy_steady"] = sem["answer_accuracy_steady"]
+        baselines["answer_accuracy_steady"] = (
+            f"FIFO {arms['fifo']['accuracy']:.2f}, unbounded {arms['unbounded']['accuracy']:.2f} "
+            f"({arms['ours']['questions']} questions over the second half of {sem['protocol']['frames']} "
+            f"frames, budget {sem['protocol']['max_tokens']} tokens)")
     results["baselines"] = baselines
     results["verdicts"] = verdicts(results)
     return results

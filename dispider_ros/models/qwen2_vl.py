@@ -163,12 +163,22 @@ class Qwen2VLBackend(ReactionVLM):
         Returns:
             per image: ((n, hidden) tokens on the model's device, (rows, cols) grid).
         """
+        return self.encode_pixels(*self.preprocess(images))
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(pixel_values (sum patches, C), image_grid_thw (N, 3)) of images, as the image
+        processor makes them for this model's pixel budget."""
         for image in images:
             validate_image(image)
         inputs = self.processor.image_processor(images=list(images), return_tensors="pt",
                                                 **self._pixel_kwargs)
-        grid_thw = inputs["image_grid_thw"]  # (N, 3) in patches
-        embeds = self._vision_forward(inputs["pixel_values"], grid_thw)  # (sum n, hidden)
+        return inputs["pixel_values"], inputs["image_grid_thw"]
+
+    def encode_pixels(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor
+                      ) -> List[Tuple[torch.Tensor, Tuple[int, int]]]:
+        """Visual tokens of preprocessed images (`preprocess`), per image as encode_images.
+        With the model in training mode the vision forward keeps its autograd graph."""
+        embeds = self._vision_forward(pixel_values, grid_thw)  # (sum n, hidden)
         sizes = (grid_thw.prod(-1) // self.merge ** 2).tolist()
         parts = torch.split(embeds, sizes)
         if len(parts) > 1:  # own storage per frame, so memory can free frames one by one
@@ -396,7 +406,7 @@ class Qwen2VLBackend(ReactionVLM):
     def _vision_forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
         model = self._require_model()
         visual = model.model.visual
-        with torch.inference_mode():
+        with torch.inference_mode(not visual.training):  # training: gradients reach the tower
             return visual(pixel_values.to(self.device, visual.dtype), grid_thw=grid_thw.to(self.device))
 
     # ---- helpers -------------------------------------------------------------------------

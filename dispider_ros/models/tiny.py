@@ -22,6 +22,8 @@ PREFIX = "tiny:"
 BUILDERS = {
     "siglip": "dispider_ros.models.tiny_siglip",
     "qwen2_vl": "dispider_ros.models.tiny_qwen2_vl",
+    # trained on dispider_ros.world: names the photograph in the newest frame
+    "qwen2_vl_trained": "dispider_ros.models.tiny_qwen2_vl_trained",
 }
 
 
@@ -42,9 +44,12 @@ def resolve_model_path(spec: str) -> str:
     if family not in BUILDERS:
         raise ValueError(f"unknown tiny model {spec!r}; known: {sorted(PREFIX + f for f in BUILDERS)}")
     module = importlib.import_module(BUILDERS[family])
-    # The folder name carries a hash of the builder's source: a changed builder never
-    # reuses a stale cached model.
+    # The folder name carries a hash of the builder's source (and of its optional
+    # module-level cache_key(): the data and code a trained model depends on): a changed
+    # builder never reuses a stale cached model.
     digest = hashlib.sha256(Path(module.__file__).read_bytes()).hexdigest()[:10]
+    if hasattr(module, "cache_key"):  # a builder whose weights depend on more than its source
+        digest = hashlib.sha256(f"{digest}:{module.cache_key()}".encode()).hexdigest()[:10]
     folder = cache_root() / f"{family}-{digest}"
     return build_once(folder, module.build, f"tiny {family}")
 
