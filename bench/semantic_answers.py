@@ -95,28 +95,15 @@ class SwappedCameras(_Wrapped):
 
 
 class ZeroedNewest(_Wrapped):
-    """The newest frame's visual tokens are zeros in every prompt (a frame destroyed)."""
-
-    def generate(self, parts, on_text=None, stop=None):
-        from dispider_ros.core.memory import FrameTokens
-
-        items = list(parts.items)
-        for i in range(len(items) - 1, -1, -1):
-            if isinstance(items[i], FrameTokens):
-                items[i] = dataclasses.replace(items[i], tokens=items[i].tokens * 0, key=-1)
-                break
-        return self.inner.generate(dataclasses.replace(parts, items=items), on_text, stop)
-
-
-class CorruptingCompression(_Wrapped):
-    """Every frame's tokens are zeroed once the memory holds a newer frame of its camera
-    whose arrival started a compression batch -- i.e. compression that destroys frames,
-    newest included (unprotected). Implemented on the prompt: frames pooled at least once
-    and the newest frames are zeroed."""
+    """The newest `newest` frames' visual tokens are zeros in every prompt (frames destroyed;
+    4 = the shipped protected_frames)."""
 
     def __init__(self, inner, newest: int = 4):
         super().__init__(inner)
         self.newest = newest
+
+    def destroyed(self, frame, rank: int) -> bool:
+        return rank < self.newest
 
     def generate(self, parts, on_text=None, stop=None):
         from dispider_ros.core.memory import FrameTokens
@@ -124,9 +111,17 @@ class CorruptingCompression(_Wrapped):
         items = list(parts.items)
         frames = [i for i, it in enumerate(items) if isinstance(it, FrameTokens)]
         for rank, i in enumerate(reversed(frames)):
-            if items[i].level > 0 or rank < self.newest:
+            if self.destroyed(items[i], rank):
                 items[i] = dataclasses.replace(items[i], tokens=items[i].tokens * 0, key=-1)
         return self.inner.generate(dataclasses.replace(parts, items=items), on_text, stop)
+
+
+class CorruptingCompression(ZeroedNewest):
+    """A compression that destroys what it pools and does not protect the newest frames:
+    every pooled frame (level > 0) and the newest four are zeros in the prompt."""
+
+    def destroyed(self, frame, rank: int) -> bool:
+        return frame.level > 0 or rank < self.newest
 
 
 BREAKAGES = {"shuffled_frames": ShuffledFrames, "zeroed_newest": ZeroedNewest,
