@@ -117,10 +117,11 @@ def main(argv=None) -> int:
         from bench import smolvlm_cpu
 
         section("smolvlm_cpu", lambda: smolvlm_cpu.run(args.quick))
-    if want("semantic"):  # zero-shot trigger semantics (trained tiny SigLIP vs random)
-        from bench import semantic_match
+    if want("semantic"):  # meaning: trained tiny models checked against the photographs shown
+        from bench import semantic_answers, semantic_match
 
-        section("semantic_match", lambda: semantic_match.run(args.quick))
+        section("semantic_match", lambda: semantic_match.run(args.quick))  # zero-shot triggers
+        section("semantic_answers", lambda: semantic_answers.run(args.quick))  # now-answers
 
     report.summarize(results)
     if "p4_bounded" in results["sections"]:

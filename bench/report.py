@@ -36,6 +36,9 @@ TARGETS = {
     # bench/semantic_match.py: zero-shot "tell me when" on cut streams, trained tiny SigLIP
     "match_f1": ("Zero-shot trigger F1 on cut streams (tiny:siglip_trained)", ">= 0.90",
                  lambda v: v >= 0.90, "x"),
+    # bench/semantic_answers.py: now-questions answered right, second half of a long stream
+    "answer_accuracy_steady": ("Now-questions naming the evidence frame's photo, steady state",
+                               ">= 0.90", lambda v: v >= 0.90, "x"),
 }
 
 
@@ -256,6 +259,14 @@ def summarize(results: dict) -> dict:
         baselines["match_f1"] = (
             f"untrained tiny:siglip F1 {base['f1']:.2f} (P {base['precision']:.2f}, R "
             f"{base['recall']:.2f}); ours P {ours['precision']:.2f}, R {ours['recall']:.2f}")
+    if "semantic_answers" in s:  # bench/semantic_answers.py (trained tiny VLM)
+        sem = s["semantic_answers"]
+        arms = sem["arms"]
+        results["answer_accuracy_steady"] = sem["answer_accuracy_steady"]
+        baselines["answer_accuracy_steady"] = (
+            f"FIFO {arms['fifo']['accuracy']:.2f}, unbounded {arms['unbounded']['accuracy']:.2f} "
+            f"({arms['ours']['questions']} questions over the second half of {sem['protocol']['frames']} "
+            f"frames, budget {sem['protocol']['max_tokens']} tokens)")
     results["baselines"] = baselines
     results["verdicts"] = verdicts(results)
     return results

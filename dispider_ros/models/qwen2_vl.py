@@ -179,12 +179,22 @@ class Qwen2VLBackend(ReactionVLM):
 
     def _encode(self, images: Sequence[np.ndarray]) -> List[Tuple[torch.Tensor, Tuple[int, int], tuple]]:
         """encode_images plus each image's side features (FrameTokens.extra) in one vision forward."""
+        return self.encode_pixels(*self.preprocess(images))
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(pixel_values (sum patches, C), image_grid_thw (N, 3)) of images, as the image
+        processor makes them for this model's pixel budget."""
         for image in images:
             validate_image(image)
         inputs = self.processor.image_processor(images=list(images), return_tensors="pt",
                                                 **self._pixel_kwargs)
-        grid_thw = inputs["image_grid_thw"]  # (N, 3) in patches
-        embeds, extra = self._vision_forward(inputs["pixel_values"], grid_thw)  # (sum n, hidden), [(sum n, d)]
+        return inputs["pixel_values"], inputs["image_grid_thw"]
+
+    def encode_pixels(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor
+                      ) -> List[Tuple[torch.Tensor, Tuple[int, int], tuple]]:
+        """(tokens, grid, side features) per preprocessed image (`preprocess`). With the model
+        in training mode the vision forward keeps its autograd graph."""
+        embeds, extra = self._vision_forward(pixel_values, grid_thw)  # (sum n, hidden), [(sum n, d)]
         sizes = (grid_thw.prod(-1) // self.merge ** 2).tolist()
         parts = torch.split(embeds, sizes)
         extra_parts = list(zip(*(torch.split(rows, sizes) for rows in extra))) or [()] * len(parts)
@@ -433,7 +443,7 @@ class Qwen2VLBackend(ReactionVLM):
         with them ((sum n, d) each; Qwen2-VL has none)."""
         model = self._require_model()
         visual = model.model.visual
-        with torch.inference_mode():
+        with torch.inference_mode(not visual.training):  # training: gradients reach the tower
             return visual(pixel_values.to(self.device, visual.dtype), grid_thw=grid_thw.to(self.device)), []
 
     # ---- helpers -------------------------------------------------------------------------

@@ -30,6 +30,8 @@ BUILDERS = {
     "smolvlm": "dispider_ros.models.tiny_smolvlm",
     # trained on dispider_ros.world (knows its scenes and questions; see its docstring)
     "siglip_trained": "dispider_ros.models.tiny_siglip_trained",
+    # trained on dispider_ros.world: names the photograph in the newest frame
+    "qwen2_vl_trained": "dispider_ros.models.tiny_qwen2_vl_trained",
 }
 
 

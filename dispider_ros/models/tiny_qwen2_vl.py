@@ -84,8 +84,13 @@ SENTENCES = [
 ]
 
 
-def build_tokenizer():
-    """Byte-level BPE with Qwen2's pre-tokenizer and special tokens, as Qwen2TokenizerFast."""
+def build_tokenizer(extra_sentences=(), vocab_size: int = VOCAB_SIZE):
+    """Byte-level BPE with Qwen2's pre-tokenizer and special tokens, as Qwen2TokenizerFast.
+
+    Args:
+        extra_sentences: more training text (a trained model's world: its captions, questions).
+        vocab_size: BPE vocabulary size (special tokens included).
+    """
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import Qwen2TokenizerFast
 
@@ -96,10 +101,10 @@ def build_tokenizer():
         pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
     ])
     tok.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=SPECIAL_TOKENS,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
-    tok.train_from_iterator(SENTENCES * 4, trainer=trainer)
+    tok.train_from_iterator((SENTENCES + list(extra_sentences)) * 4, trainer=trainer)
     return Qwen2TokenizerFast(
         tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None,
         bos_token=None, model_max_length=32768, chat_template=CHAT_TEMPLATE,
@@ -108,31 +113,35 @@ def build_tokenizer():
         model_input_names=["input_ids", "attention_mask"])
 
 
-def _model_config(tokenizer, family: str):
+def _model_config(tokenizer, family: str, hidden: int = HIDDEN, vision_embed: int = VISION_EMBED,
+                  layers: int = 2, heads: int = 2, init_range: float = INIT_RANGE):
     from transformers import Qwen2_5_VLConfig, Qwen2VLConfig
+
+    head_dim = hidden // heads  # M-RoPE sections split head_dim / 2 as (1/4, 3/8, 3/8)
+    section = [head_dim // 8, 3 * head_dim // 16, head_dim // 2 - head_dim // 8 - 3 * head_dim // 16]
 
     ids = {name: tokenizer.convert_tokens_to_ids(name) for name in SPECIAL_TOKENS}
     text_config = dict(
-        vocab_size=len(tokenizer), hidden_size=HIDDEN, intermediate_size=2 * HIDDEN,
-        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=1,
         max_position_embeddings=32768, rope_theta=10000.0,
-        # M-RoPE splits head_dim/2 = 16 rotary frequencies into (temporal, height, width).
-        rope_scaling={"type": "mrope", "mrope_section": [4, 6, 6]},
+        # M-RoPE splits head_dim / 2 rotary frequencies into (temporal, height, width).
+        rope_scaling={"type": "mrope", "mrope_section": section},
         bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
-        pad_token_id=ids["<|endoftext|>"], tie_word_embeddings=True, initializer_range=INIT_RANGE)
+        pad_token_id=ids["<|endoftext|>"], tie_word_embeddings=True, initializer_range=init_range)
     common = dict(
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=True, initializer_range=INIT_RANGE)
+        tie_word_embeddings=True, initializer_range=init_range)
     if family == "qwen2_vl":
-        vision_config = dict(depth=2, embed_dim=VISION_EMBED, hidden_size=HIDDEN, num_heads=2,
+        vision_config = dict(depth=2, embed_dim=vision_embed, hidden_size=hidden, num_heads=2,
                              mlp_ratio=2, patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
-                             initializer_range=INIT_RANGE)
+                             initializer_range=init_range)
         return Qwen2VLConfig(text_config=text_config, vision_config=vision_config, **common)
-    vision_config = dict(depth=2, hidden_size=VISION_EMBED, intermediate_size=2 * VISION_EMBED,
-                         out_hidden_size=HIDDEN, num_heads=2, patch_size=14, spatial_merge_size=2,
+    vision_config = dict(depth=2, hidden_size=vision_embed, intermediate_size=2 * vision_embed,
+                         out_hidden_size=hidden, num_heads=2, patch_size=14, spatial_merge_size=2,
                          temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1],
-                         initializer_range=INIT_RANGE)
+                         initializer_range=init_range)
     return Qwen2_5_VLConfig(text_config=text_config, vision_config=vision_config, **common)
 
 
@@ -156,10 +165,7 @@ def build(folder: Path, family: str = "qwen2_vl") -> None:
         folder: an existing (empty) directory.
         family: "qwen2_vl" (the `tiny:qwen2_vl` spec) or "qwen2_5_vl".
     """
-    from transformers import (AutoModelForImageTextToText, Qwen2_5_VLProcessor,
-                              Qwen2VLImageProcessor, Qwen2VLProcessor)
-
-    from dispider_ros.models.processors import no_video_processor
+    from transformers import AutoModelForImageTextToText
 
     if family not in FAMILIES:
         raise ValueError(f"family {family!r} is not one of {FAMILIES}")
@@ -171,11 +177,20 @@ def build(folder: Path, family: str = "qwen2_vl") -> None:
     model.generation_config.eos_token_id = config.text_config.eos_token_id
     model.generation_config.pad_token_id = config.text_config.pad_token_id
     model.save_pretrained(folder, safe_serialization=True)
+    save_processor(folder, tokenizer, family)
+    LOG.info("tiny %s saved to %s (%d parameters)", family, folder,
+             sum(p.numel() for p in model.parameters()))
+
+
+def save_processor(folder: Path, tokenizer, family: str = "qwen2_vl") -> None:
+    """Save the image processor (MIN_PIXELS..MAX_PIXELS), tokenizer and chat template."""
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLProcessor
+
+    from dispider_ros.models.processors import no_video_processor
+
     image_processor = Qwen2VLImageProcessor(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
     processor_cls = Qwen2VLProcessor if family == "qwen2_vl" else Qwen2_5_VLProcessor
     processor = processor_cls(image_processor=image_processor, tokenizer=tokenizer,
                               video_processor=no_video_processor(), chat_template=CHAT_TEMPLATE)
     processor.save_pretrained(folder)
-    (folder / "video_preprocessor_config.json").write_text(json.dumps(_video_processor_dict(), indent=2))
-    LOG.info("tiny %s saved to %s (%d parameters)", family, folder,
-             sum(p.numel() for p in model.parameters()))
+    (Path(folder) / "video_preprocessor_config.json").write_text(json.dumps(_video_processor_dict(), indent=2))
