@@ -8,7 +8,10 @@ the shared data folder) against every text that names a scene: its caption ("a r
 its word ("rocket"), "a photo of a rocket", and each MATCH_TEMPLATES question ("Tell me
 when the rocket appears.") in full and as the decision embeds it (query_text.event_text:
 "the rocket appears"). Images go through the encoder's own preprocessing
-(vision._FastPreprocess), so training sees what inference sees.
+(vision._FastPreprocess), so training sees what inference sees; views are 4:3 at the
+streams' zoom range. Hard scenes are sampled more often: half of each batch is drawn in
+proportion to each scene's running image loss, so the grey textures the model confuses
+(grass and gravel at 16 patches) get the steps they need rather than the scenes it knows.
 
 Calibration: the trained (logit_scale, logit_bias) are replaced by a Platt fit on held-out
 views (another seed): a logistic regression of "the question names the scene in view" on
@@ -42,14 +45,19 @@ from dispider_ros.models import tiny_siglip
 LOG = logging.getLogger(__name__)
 
 SEED = 1234
-VIEWS_PER_SCENE = 240  # training pool, each view also seen mirrored
+VIEWS_PER_SCENE = 400  # training pool, each view also seen mirrored
 HELD_OUT_VIEWS = 24  # per scene, another seed: calibration and the recorded accuracy
-VIEW_SIZES = ((80, 60), (96, 54), (64, 64))  # (W, H): 4:3 and 16:9 cameras, square crops
+# (W, H) before preprocessing: 4:3 like the streams (world.shot_frames: 320x240) at a few
+# sizes; zoom as the streams show scenes (0.55-0.95) with a little margin below.
+VIEW_SIZES = ((80, 60), (96, 72), (64, 48))
+ZOOM = (0.5, 0.95)
 NOISE = 1.5  # grey levels at view size: a camera's sensor noise after shrinking ~4x
 STEPS = 600
 BATCH = 128  # images per step
 TEXTS_PER_SCENE = 2  # texts of every scene in every step: each step contrasts all scenes
 PATCH_SIZE = 16  # (64/16)^2 = 16 patches: a quarter of tiny:siglip's compute per image
+IMAGE_SIZE = 64  # 96 (36 patches) measured no better at the same build time
+HARD = 0.5  # share of each batch drawn in proportion to the scenes' running image loss
 LR = 3e-3
 WARMUP = 25
 PRIOR_SCALE = 1e-5  # Platt fit: Gaussian prior weight on the scale
@@ -101,7 +109,7 @@ def _views(sources: Sequence[List[np.ndarray]], per_scene: int, rng: np.random.G
     for label, frames in enumerate(sources):
         for i in range(per_scene):
             frame = frames[int(rng.integers(len(frames)))]
-            view = world.render(frame, world.random_window(rng), VIEW_SIZES[i % len(VIEW_SIZES)])
+            view = world.render(frame, world.random_window(rng, *ZOOM), VIEW_SIZES[i % len(VIEW_SIZES)])
             view = world.camera_effects(view, rng, noise=NOISE)
             pixels.append(prep(view))
             labels.append(label)
@@ -123,10 +131,17 @@ def _train(model, pixels, labels, ids, text_labels, generator) -> List[float]:
         1.0, (step + 1) / WARMUP) * 0.5 * (1 + math.cos(math.pi * step / STEPS)))
     counts = torch.bincount(text_labels)  # texts of each scene, listed scene by scene
     starts = torch.cumsum(counts, 0) - counts
+    n_scenes = len(counts)
+    by_scene = [torch.nonzero(labels == k)[:, 0] for k in range(n_scenes)]  # view indices
+    scene_loss = torch.ones(n_scenes)  # running mean image loss of each scene's views
     model.train()
     losses = []
     for _ in range(STEPS):
-        pick = torch.randint(len(pixels), (BATCH,), generator=generator)
+        # Hard scenes more often: half the batch uniform, half in proportion to scene_loss.
+        weight = (1 - HARD) / n_scenes + HARD * scene_loss / scene_loss.sum()
+        scene = torch.multinomial(weight, BATCH, replacement=True, generator=generator)
+        slot = torch.randint(1 << 30, (BATCH,), generator=generator)
+        pick = torch.stack([by_scene[k][j % len(by_scene[k])] for k, j in zip(scene.tolist(), slot.tolist())])
         batch = pixels[pick].float()  # (B, 3, S, S)
         mirror = torch.rand(BATCH, generator=generator) < 0.5  # each view also seen mirrored
         batch = torch.where(mirror[:, None, None, None], batch.flip(-1), batch)
@@ -135,7 +150,13 @@ def _train(model, pixels, labels, ids, text_labels, generator) -> List[float]:
         image, text = _embed(model, pixels=batch), _embed(model, ids=ids[words])  # (B, D), (T, D)
         logits = model.logit_scale.exp() * image @ text.T + model.logit_bias  # (B, T)
         sign = (labels[pick][:, None] == text_labels[words][None]).float() * 2 - 1
-        loss = -torch.nn.functional.logsigmoid(sign * logits).sum() / BATCH
+        per_image = -torch.nn.functional.logsigmoid(sign * logits).sum(1)  # (B,)
+        loss = per_image.sum() / BATCH
+        with torch.no_grad():
+            total = torch.zeros(n_scenes).index_add_(0, scene, per_image.detach())
+            seen = torch.bincount(scene, minlength=n_scenes).float()
+            mean = torch.where(seen > 0, total / seen.clamp(min=1), scene_loss)
+            scene_loss = 0.9 * scene_loss + 0.1 * mean
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -183,7 +204,7 @@ def build(folder: Path) -> None:
         known, clips = scenes()
         sources = [clips[s.name] if s.name in clips else [world.load_photo(s.name)] for s in known]
         tokenizer = tiny_siglip.build_tokenizer(corpus())
-        processor = SiglipProcessor(image_processor=tiny_siglip.image_processor(), tokenizer=tokenizer)
+        processor = SiglipProcessor(image_processor=tiny_siglip.image_processor(IMAGE_SIZE), tokenizer=tokenizer)
         prep = _FastPreprocess.from_processor(processor.image_processor)
         pixels, labels = _views(sources, VIEWS_PER_SCENE, np.random.default_rng(SEED), prep)
         held_pixels, held_labels = _views(sources, HELD_OUT_VIEWS, np.random.default_rng(SEED + 1), prep)
@@ -196,7 +217,7 @@ def build(folder: Path) -> None:
         views_sec = time.perf_counter() - started
 
         torch.manual_seed(SEED)
-        model = SiglipModel(tiny_siglip.siglip_config(tokenizer, patch_size=PATCH_SIZE))
+        model = SiglipModel(tiny_siglip.siglip_config(tokenizer, patch_size=PATCH_SIZE, image_size=IMAGE_SIZE))
         with torch.no_grad():
             # SigLIP's t' = log 10, but b = -3, not -10: -10 suits 32k-text batches where
             # negatives swamp the loss; with 48 texts of 18 scenes it stalls ~200 steps.
@@ -204,7 +225,7 @@ def build(folder: Path) -> None:
             model.logit_bias.fill_(-3.0)
         losses = _train(model, pixels, labels, ids, torch.tensor(text_labels),
                         torch.Generator().manual_seed(SEED))
-        trained = (float(model.logit_scale.exp()), float(model.logit_bias))
+        trained = (model.logit_scale.exp().item(), model.logit_bias.item())
 
         # Held-out views against what the decision embeds for each scene's questions.
         questions = [[query_text.event_text(q) for q in world.match_questions(s)] for s in known]
@@ -231,6 +252,8 @@ def build(folder: Path) -> None:
             "texts_per_scene": len(texts(known[0])), "views_per_scene": VIEWS_PER_SCENE,
             "held_out_views_per_scene": HELD_OUT_VIEWS, "steps": STEPS, "batch": BATCH,
             "texts_per_scene_per_step": TEXTS_PER_SCENE, "patch_size": PATCH_SIZE,
+            "image_size": IMAGE_SIZE, "zoom": list(ZOOM), "view_sizes": [list(v) for v in VIEW_SIZES],
+            "hard_share": HARD,
             "loss_first": losses[0], "loss_last": float(np.mean(losses[-20:])),
             "trained_scale_bias": trained, "calibration": [scale, bias],
             "held_out_accuracy_match_question": accuracy,
