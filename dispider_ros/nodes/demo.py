@@ -45,18 +45,20 @@ SHOTS = (("coffee", 5.0), ("chelsea", 4.5), ("rocket", 5.0), ("astronaut", 4.5),
 PROACTIVE = "rocket"
 
 
-def shots() -> List[world.Shot]:
+def shots(seconds: float = 0.0) -> List[world.Shot]:
+    """SHOTS from 0 s, played again from the start until `seconds` are covered."""
     plan, t = [], 0.0
-    for name, length in SHOTS:
-        plan.append(world.Shot(world.scene(name), t, t + length))
-        t += length
+    while not plan or t < seconds:
+        for name, length in SHOTS:
+            plan.append(world.Shot(world.scene(name), t, t + length))
+            t += length
     return plan
 
 
-def photographs(size=(320, 240)) -> Tuple[str, Iterator[Tuple[float, np.ndarray]]]:
-    """The demo's shots of real photographs, 10 frames/s."""
-    plan = shots()
-    listing = ", ".join(f"{s.start:.1f}s {s.scene.word}" for s in plan)
+def photographs(seconds: float, size=(320, 240)) -> Tuple[str, Iterator[Tuple[float, np.ndarray]]]:
+    """The demo's shots of real photographs, 10 frames/s, for `seconds`."""
+    plan = shots(seconds)
+    listing = ", ".join(f"{s.start:.1f}s {s.scene.word}" for s in plan if s.start < seconds)
     frames = ((t, rgb) for t, rgb, _ in world.shot_frames(plan, fps=10.0, size=size, seed=7))
     return f"scikit-image photographs, panned and zoomed, cuts at: {listing}", frames
 
@@ -294,7 +296,7 @@ def main(argv=None) -> int:
     preset = load_preset(args.preset)
     params_file = args.params_file or config_file("dispider.yaml")
     args.logs.mkdir(parents=True, exist_ok=True)
-    description, frames = footage(args.shared_data) if args.footage == "clips" else photographs()
+    description, frames = footage(args.shared_data) if args.footage == "clips" else photographs(args.seconds)
     print(f"dispider_ros demo - preset {args.preset!r}: {preset.get('description', '')}")
     if args.preset == "tiny":
         print("NOTE: the tiny preset's models have random, untrained weights: the answers are "
