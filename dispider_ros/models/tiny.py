@@ -87,3 +87,19 @@ def build_once(folder: Path, build: Callable[[Path], None], what: str) -> str:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return str(folder)
+
+
+def save_random_model(config, folder: Path, seed: int):
+    """A seeded random-weight image-text-to-text model of `config` (its generation config
+    given the text model's special ids), saved to folder; returns the model."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    torch.manual_seed(seed)
+    model = AutoModelForImageTextToText.from_config(config).eval()
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        value = getattr(config.text_config, name, None)
+        if value is not None:
+            setattr(model.generation_config, name, value)
+    model.save_pretrained(folder, safe_serialization=True)
+    return model

@@ -23,7 +23,8 @@ import json
 import logging
 from pathlib import Path
 
-import torch
+
+from dispider_ros.models.tiny import save_random_model
 
 LOG = logging.getLogger(__name__)
 
@@ -165,18 +166,12 @@ def build(folder: Path, family: str = "qwen2_vl") -> None:
         folder: an existing (empty) directory.
         family: "qwen2_vl" (the `tiny:qwen2_vl` spec) or "qwen2_5_vl".
     """
-    from transformers import AutoModelForImageTextToText
-
     if family not in FAMILIES:
         raise ValueError(f"family {family!r} is not one of {FAMILIES}")
     folder = Path(folder)
     tokenizer = build_tokenizer()
     config = _model_config(tokenizer, family)
-    torch.manual_seed(SEED)
-    model = AutoModelForImageTextToText.from_config(config).eval()
-    model.generation_config.eos_token_id = config.text_config.eos_token_id
-    model.generation_config.pad_token_id = config.text_config.pad_token_id
-    model.save_pretrained(folder, safe_serialization=True)
+    model = save_random_model(config, folder, SEED)
     save_processor(folder, tokenizer, family)
     LOG.info("tiny %s saved to %s (%d parameters)", family, folder,
              sum(p.numel() for p in model.parameters()))

@@ -24,7 +24,8 @@ import json
 import logging
 from pathlib import Path
 
-import torch
+
+from dispider_ros.models.tiny import save_random_model
 
 from dispider_ros.models.tiny_qwen2_vl import (CHAT_TEMPLATE, HIDDEN, INIT_RANGE, SEED, SPECIAL_TOKENS,
                                                VISION_EMBED, build_tokenizer)
@@ -89,7 +90,7 @@ def build(folder: Path, family: str = "qwen3_vl") -> None:
         folder: an existing (empty) directory.
         family: "qwen3_vl" (the `tiny:qwen3_vl` spec) or "qwen3_vl_moe" (`tiny:qwen3_vl_moe`).
     """
-    from transformers import AutoModelForImageTextToText, Qwen2VLImageProcessor, Qwen3VLProcessor
+    from transformers import Qwen2VLImageProcessor, Qwen3VLProcessor
 
     from dispider_ros.models.processors import no_video_processor
 
@@ -98,11 +99,7 @@ def build(folder: Path, family: str = "qwen3_vl") -> None:
     folder = Path(folder)
     tokenizer = build_tokenizer()
     config = _model_config(tokenizer, family)
-    torch.manual_seed(SEED)
-    model = AutoModelForImageTextToText.from_config(config).eval()
-    model.generation_config.eos_token_id = config.text_config.eos_token_id
-    model.generation_config.pad_token_id = config.text_config.pad_token_id
-    model.save_pretrained(folder, safe_serialization=True)
+    model = save_random_model(config, folder, SEED)
     image_processor = Qwen2VLImageProcessor(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS, patch_size=PATCH,
                                             temporal_patch_size=2, merge_size=2, image_mean=IMAGE_MEAN,
                                             image_std=IMAGE_STD)

@@ -29,7 +29,8 @@ import json
 import logging
 from pathlib import Path
 
-import torch
+
+from dispider_ros.models.tiny import save_random_model
 
 LOG = logging.getLogger(__name__)
 
@@ -139,19 +140,14 @@ def build(folder: Path, family: str = "smolvlm") -> None:
         folder: an existing (empty) directory.
         family: "smolvlm" (the `tiny:smolvlm` spec) or "idefics3".
     """
-    from transformers import AutoModelForImageTextToText, Idefics3Processor
+    from transformers import Idefics3Processor
 
     if family not in FAMILIES:
         raise ValueError(f"family {family!r} is not one of {FAMILIES}")
     folder = Path(folder)
     tokenizer = build_tokenizer()
     config = _model_config(tokenizer, family)
-    torch.manual_seed(SEED)
-    model = AutoModelForImageTextToText.from_config(config).eval()
-    model.generation_config.bos_token_id = config.text_config.bos_token_id
-    model.generation_config.eos_token_id = config.text_config.eos_token_id
-    model.generation_config.pad_token_id = config.text_config.pad_token_id
-    model.save_pretrained(folder, safe_serialization=True)
+    model = save_random_model(config, folder, SEED)
     if family == "idefics3":
         Idefics3Processor(image_processor=_image_processor(family), tokenizer=tokenizer, image_seq_len=IMAGE_SEQ_LEN,
                           chat_template=CHAT_TEMPLATE).save_pretrained(folder)
