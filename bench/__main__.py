@@ -3,7 +3,9 @@
 Prints a table (each figure beside its baseline, target met/missed), writes
 {quick,full}.json and the figures (p4_bounded_cost.png, p3_steady.png; `_quick` suffix for the
 quick run) to build/bench-results/ -- or, with --record (make bench-quick RECORD=1), to the
-committed reference results in bench/results/. See bench/README.md.
+committed reference results in bench/results/. With --only, an existing results file keeps
+its other sections (each section's `section_runs` entry says when it was measured). See
+bench/README.md.
 """
 from __future__ import annotations
 
@@ -35,6 +37,19 @@ def _clean(value):
     if isinstance(value, (list, tuple)):
         return [_clean(v) for v in value]
     return value
+
+
+def _keep_other_sections(results: dict, previous: dict) -> None:
+    """A run of some sections (--only) into an existing results file keeps the file's other
+    sections as they were measured; `section_runs` says when and under what load each was."""
+    earlier = previous.get("section_runs") or {
+        name: {"at": "earlier full run", "load_average_start": previous.get("machine", {}).get("load_average_start")}
+        for name in previous.get("sections", {})}
+    for name, value in previous.get("sections", {}).items():
+        if name not in results["sections"]:
+            results["sections"][name] = value
+            results["section_runs"][name] = earlier.get(name, {})
+            results["section_seconds"][name] = previous.get("section_seconds", {}).get(name)
 
 
 def main(argv=None) -> int:
@@ -123,12 +138,17 @@ def main(argv=None) -> int:
         section("semantic_match", lambda: semantic_match.run(args.quick))  # zero-shot triggers
         section("semantic_answers", lambda: semantic_answers.run(args.quick))  # now-answers
 
+    results["section_seconds"] = section_sec
+    results["section_runs"] = {name: {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                      "load_average_start": info["load_average_start"]}
+                               for name in results["sections"]}
+    if only and out_path.is_file():
+        _keep_other_sections(results, json.loads(out_path.read_text()))
     report.summarize(results)
     if "p4_bounded" in results["sections"]:
         report.plot_bounded(results["sections"]["p4_bounded"], folder / f"p4_bounded_cost{suffix}.png")
     if "p3_steady" in results["sections"]:
         report.plot_steady(results["sections"]["p3_steady"], folder / f"p3_steady{suffix}.png")
-    results["section_seconds"] = section_sec
     results["run_seconds"] = round(time.perf_counter() - started, 1)
     results["machine"]["load_average_end"] = [round(x, 2) for x in load_average()]
     ordered = {k: results[k] for k in sorted(results, key=lambda k: (not k.startswith("p"), k))}
