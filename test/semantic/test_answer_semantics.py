@@ -17,6 +17,18 @@ CAM = "/camera/color/image_raw"
 CAM_A, CAM_B = "/cam_a/image_raw", "/cam_b/image_raw"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One torch thread, as the nodes run on small machines (torch_threads): two OpenMP
+    threads on a loaded 2-core machine made one stream run 14 times slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _scene_at(camera, seed, stamp):
     from dispider_ros import world
 
