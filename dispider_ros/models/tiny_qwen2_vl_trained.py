@@ -114,7 +114,7 @@ def build(folder: Path) -> None:
     folder = Path(folder)
     threads = torch.get_num_threads()
     torch.set_num_threads(THREADS)
-    torch.set_flush_denormal(True)
+    torch.set_flush_denormal(True)  # denormals slow training; the flag is the process's: undone below
     try:
         t0 = time.perf_counter()
         tokenizer = tq.build_tokenizer(world_sentences(), vocab_size=VOCAB_SIZE)
@@ -135,6 +135,7 @@ def build(folder: Path) -> None:
                  time.perf_counter() - t0, float(np.mean(losses[:20])), float(np.mean(losses[-50:])))
     finally:
         torch.set_num_threads(threads)
+        torch.set_flush_denormal(False)  # a node or test process that built the model goes on with IEEE floats
 
 
 # ---- training data -------------------------------------------------------------------------
