@@ -59,6 +59,15 @@ def _plain(text: str) -> str:
     return text.replace("<|", "< |")
 
 
+def frame_label(config: ReactionVLMConfig, frame: FrameTokens) -> str:
+    """The label before a frame in the prompt: frame_label (naming the camera) when the frame
+    is `named`, time_label otherwise, none when it is not `labelled`."""
+    template = (config.frame_label if frame.named else config.time_label) if frame.labelled else ""
+    if not template:
+        return ""
+    return _plain(template.format(camera_id=frame.camera_id, stamp=frame.stamp, frame_index=frame.frame_index))
+
+
 @dataclass
 class _Slot:
     """One prefix cache: what it holds, token by token."""
@@ -286,12 +295,7 @@ class Qwen2VLBackend(ReactionVLM):
         return prefix, suffix
 
     def _label(self, frame: FrameTokens) -> str:
-        template = (self.config.frame_label if frame.named else self.config.time_label) \
-            if frame.labelled else ""
-        if not template:
-            return ""
-        return _plain(template.format(camera_id=frame.camera_id, stamp=frame.stamp,
-                                      frame_index=frame.frame_index))
+        return frame_label(self.config, frame)
 
     def _tokenize(self, text: str) -> np.ndarray:
         ids = self._text_ids.get(text)

@@ -92,7 +92,7 @@ from dispider_ros.core import schema
 from dispider_ros.core.memory import DialogueTurn, FrameTokens
 from dispider_ros.core.protocols import GenerationResult, PromptParts, ReactionVLM, TextCallback
 from dispider_ros.models.processors import validate_image
-from dispider_ros.models.qwen2_vl import TYPICAL_CAMERA, _plain
+from dispider_ros.models.qwen2_vl import TYPICAL_CAMERA, _plain, frame_label
 from dispider_ros.models.vlm_config import ReactionVLMConfig
 
 LOG = logging.getLogger(__name__)
@@ -328,12 +328,7 @@ class RemoteVLM(ReactionVLM):
         return {"role": "user", "content": [{"type": "text", "text": _plain(text)}]}
 
     def _label(self, frame: FrameTokens) -> str:
-        template = (self.config.frame_label if frame.named else self.config.time_label) \
-            if frame.labelled else ""
-        if not template:
-            return ""
-        return _plain(template.format(camera_id=frame.camera_id, stamp=frame.stamp,
-                                      frame_index=frame.frame_index))
+        return frame_label(self.config, frame)
 
     def _image_part(self, frame: FrameTokens) -> dict:
         """The frame's image_url part at its grid: its JPEG as encoded, or (pooled) the
