@@ -321,12 +321,21 @@ class AgentHandle:
 
 
 # ---- measurements ------------------------------------------------------------------------------
+# The node whose status each counter comes from: a rate is taken over that node's own status
+# stamps, since statuses come at 1 Hz and the wall window between two snapshots is off by up
+# to a second per end (a fifth of a 5 s window).
+COUNTER_NODE = {"camera_received": "perception", "sampled": "perception",
+                "ingested": "reaction", "missed": "reaction", "evidence_missing": "reaction"}
+
+
 def snapshot(lab: Lab, agent: AgentHandle) -> Dict[str, float]:
     """Counters now: the link's bytes, the robot's intake (perception), the server's memory
     intake (reaction, as last reported across the link), features seen on the robot."""
     perception = agent.diag("perception_node")[-1]["values"]
     reaction = agent.diag("reaction_node")[-1]["values"]
     return {"t": time.time(), **lab.link_bytes(),
+            "perception_t": float(perception["node_time_sec"]),
+            "reaction_t": float(reaction["node_time_sec"]),
             "camera_received": float(perception["frames_received"]),
             "sampled": float(perception["frames_processed"]),
             "features": float(len(agent.get("feature"))),
@@ -336,9 +345,14 @@ def snapshot(lab: Lab, agent: AgentHandle) -> Dict[str, float]:
 
 
 def rates(before: Dict[str, float], after: Dict[str, float]) -> Dict[str, float]:
-    """Per second between two snapshots (tx/rx: link bytes/s)."""
-    seconds = after["t"] - before["t"]
-    return {key: (after[key] - before[key]) / seconds for key in before if key != "t"}
+    """Per second between two snapshots (tx/rx: link bytes/s); a node's counters per second
+    of that node's clock between its two statuses."""
+    def seconds(key):
+        node = COUNTER_NODE.get(key)
+        clock = f"{node}_t" if node else "t"
+        return max(after[clock] - before[clock], 1e-9)
+    return {key: (after[key] - before[key]) / seconds(key) for key in before
+            if key != "t" and not key.endswith("_t")}
 
 
 def reaction_timeline(agent: AgentHandle) -> List[tuple]:

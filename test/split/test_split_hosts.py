@@ -132,12 +132,23 @@ def test_a_question_on_the_robot_is_answered_by_the_server(split):
     FIGURES["jpeg_link_bytes_per_sec"] = round(link)
     FIGURES["split_vs_raw_camera_ratio"] = round(RAW_CAMERA_BYTES_PER_SEC / link, 1)
     FIGURES["jpeg_bytes_per_sampled_frame"] = round(flow["tx"] / max(flow["ingested"], 1e-9))
-    # The sampled frames crossed the veth (not shared memory): the server stored about the
-    # sampled rate, and the link carried at least a small JPEG per stored frame.
-    assert flow["ingested"] >= 0.6 * SAMPLE_FPS, flow
+    FIGURES["sampled_fps"], FIGURES["server_frames_per_sec"] = flow["sampled"], flow["ingested"]
+    # The sampled frames crossed the veth (not shared memory): the server stored about what
+    # the robot sampled (on a starved CI host the robot itself samples below SAMPLE_FPS), and
+    # the link carried at least a small JPEG per stored frame.
+    assert flow["sampled"] >= 0.25 * SAMPLE_FPS, flow
+    assert flow["ingested"] >= 0.7 * flow["sampled"], flow
     assert flow["tx"] >= flow["ingested"] * 5_000, flow
     assert RAW_CAMERA_BYTES_PER_SEC / link >= 20, flow
     assert not _unanswered(agent)
+
+
+def _sampled_between(agent, t0: float, t1: float) -> int:
+    """Frames the robot sampled between two wall times, by its own perception statuses (on
+    the robot's side of the link, so they arrive in the outage too)."""
+    def processed_at(t):
+        return int([e for e in agent.diag("perception_node") if e["t"] <= t][-1]["values"]["frames_processed"])
+    return processed_at(t1 + 1.0) - processed_at(t0)
 
 
 def _outage(split, seconds: float) -> dict:
@@ -175,7 +186,7 @@ def _outage(split, seconds: float) -> dict:
     back["frames_missed"] -= missed_before
     back.update(seconds=round(t_up - t_down, 1), question_asked_into_outage_sec=round(t_ask - t_down, 1),
                 answer_after_heal_sec=round(t_answer - t_up, 2), features_during_outage=len(features),
-                sampled_meanwhile=SAMPLE_FPS * (t_up - t_down + back["frames_resumed_after_sec"]))
+                sampled_meanwhile=_sampled_between(agent, t_down, t_up + back["frames_resumed_after_sec"]))
     assert back["frames_resumed_after_sec"] < 10, back
     assert back["backlog_dropped"] == 0, back
     return back
@@ -199,6 +210,10 @@ def test_the_link_down_for_30_s(split):
 
 def test_a_10_mbit_link(split):
     lab, agent = split
+    # A steady baseline: the server has digested the backlog an outage before left it (that
+    # work shares the host's cores with the robot).
+    agent.wait(lambda: int(agent.diag("reaction_node")[-1]["values"]["frames_backlog"]) == 0,
+               30, "the server's backlog drained")
     before = snapshot(lab, agent)
     time.sleep(5.0)
     unshaped = rates(before, snapshot(lab, agent))
@@ -222,8 +237,8 @@ def test_a_10_mbit_link(split):
     assert agent.answers(query_id)[-1]["error_code"] == 0
     # The robot's intake keeps its rate; JPEG frames at 2 fps fit 10 Mbit/s, none is lost.
     assert shaped["camera_received"] >= 0.8 * unshaped["camera_received"], (unshaped, shaped)
-    assert shaped["sampled"] >= 0.8 * SAMPLE_FPS, shaped
-    assert shaped["ingested"] >= 0.6 * SAMPLE_FPS, shaped
+    assert shaped["sampled"] >= 0.8 * min(unshaped["sampled"], SAMPLE_FPS), (unshaped, shaped)
+    assert shaped["ingested"] >= 0.7 * shaped["sampled"], shaped
     assert shaped["missed"] == 0, shaped
 
 
