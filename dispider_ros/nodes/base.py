@@ -10,6 +10,7 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSDurabilityPolicy, QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy
@@ -238,6 +239,11 @@ def spin(nodes: List, num_threads: int = 4) -> None:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except _rclpy.RCLError:
+        # Ctrl-C shuts the context down from the signal handler: a spin already past its
+        # shutdown check then fails to build its wait set. That is the same clean stop.
+        if executor.context.ok():
+            raise
     finally:
         for node in nodes:
             if hasattr(node, "release"):

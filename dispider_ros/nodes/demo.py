@@ -250,7 +250,7 @@ def wait_active(node, console: Console, processes: List[subprocess.Popen], log_d
         if failed:
             grace = time.monotonic() + 2.0  # the other nodes' errors (often the same cause)
             while len(failed) < len(NODES) and time.monotonic() < grace:
-                time.sleep(0.1)
+                _pause(0.1)
                 failed = {**startup_errors(console, log_dir), **failed}
             raise StartupError("; ".join(f"{name} {error}" for name, error in failed.items())
                                + f" (logs in {log_dir}/)")
@@ -268,7 +268,7 @@ def wait_active(node, console: Console, processes: List[subprocess.Popen], log_d
                 del pending[name]
                 if future.result() is not None and future.result().current_state.label == "active":
                     active.add(name)
-        time.sleep(0.1)
+        _pause(0.1)
 
 
 def main(argv=None) -> int:
@@ -309,9 +309,13 @@ def main(argv=None) -> int:
               "the open world.")
     print(f"footage: {description}")
     wall0 = time.monotonic()
-    # Ctrl-C is a plain KeyboardInterrupt here: rclpy's handler would shut the context down
-    # under the spinning thread (an ExternalShutdownException traceback) and leave no reason.
+    # Ctrl-C is ours, not rclpy's: its handler would shut the context down under the spinning
+    # thread (an ExternalShutdownException traceback) and leave no reason. Ours only sets a
+    # flag that the main thread's waits turn into KeyboardInterrupt: raised at any bytecode,
+    # it could leave the console's lock held and its callbacks (and the executor's shutdown)
+    # waiting on it forever.
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
+    signal.signal(signal.SIGINT, lambda *_: _INTERRUPTED.set())
     node = rclpy.create_node("dispider_demo_console")
     console = Console(node, wall0)  # listening (rosout too) before the nodes start
     executor = SingleThreadedExecutor()
@@ -343,9 +347,7 @@ def main(argv=None) -> int:
         for stamp, rgb in frames:  # stamp: camera time of the frame (the footage's own)
             if stamp > args.seconds:
                 break
-            delay = start + stamp - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
+            _pause(start + stamp - time.monotonic())  # real time; Ctrl-C checked every frame
             camera.publish(rgb_to_image(rgb, stamp, "demo_camera"))
             with console.lock:
                 console.published[stamp] = time.monotonic()
@@ -356,7 +358,7 @@ def main(argv=None) -> int:
                 queries.publish(query)
         deadline = time.monotonic() + 30
         while len(console.finals) < len(console.triggers) and time.monotonic() < deadline:
-            time.sleep(0.1)
+            _pause(0.1)
     except StartupError as error:
         print(f"demo stopped: {error}", file=sys.stderr)
         print("fix the parameter named above (a GPU preset needs CUDA and its checkpoints, see "
@@ -372,7 +374,7 @@ def main(argv=None) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip the cleanup
         rss = {name: rss_mib(process.pid) for name, process in zip(NODES, processes)}
         stop_groups(processes)
-        executor.shutdown()
+        executor.shutdown(timeout_sec=5.0)
         node.destroy_node()
         rclpy.try_shutdown()
     if not streamed:
@@ -408,6 +410,15 @@ def report_proactive(console: Console, target: world.Scene) -> None:
     stamp = fired[0].header.stamp.sec + fired[0].header.stamp.nanosec * 1e-9
     print(f"  {target.word}: in view from {shot.start:.2f}s; its trigger fired on the frame of "
           f"{stamp:.2f}s ({stamp - shot.start:+.2f} s)")
+
+
+_INTERRUPTED = threading.Event()
+
+
+def _pause(seconds: float) -> None:
+    """Sleep; raise KeyboardInterrupt here if Ctrl-C came before or during it."""
+    if _INTERRUPTED.wait(max(seconds, 0.0)):
+        raise KeyboardInterrupt
 
 
 def _spin(executor) -> None:
