@@ -34,6 +34,7 @@ from dispider_ros import world
 from dispider_ros.footage import photo_frames, video_frames
 from dispider_ros.paths import executable
 from dispider_ros.processes import stop_groups
+from dispider_ros.spinning import stop_spinning
 
 REPO_SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 NODES = ("perception_node", "decision_node", "reaction_node")
@@ -374,9 +375,9 @@ def main(argv=None) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip the cleanup
         rss = {name: rss_mib(process.pid) for name, process in zip(NODES, processes)}
         stop_groups(processes)
-        executor.shutdown(timeout_sec=5.0)
-        node.destroy_node()
-        rclpy.try_shutdown()
+        if stop_spinning(executor, spinner):  # out of rclpy before node and context go
+            node.destroy_node()
+            rclpy.try_shutdown()
     if not streamed:
         return status
     ttfts = [m.ttft_sec for m in console.finals if m.error_code == m.OK]
