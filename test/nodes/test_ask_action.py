@@ -26,7 +26,6 @@ FAULT_NODE = Path(__file__).resolve().parents[1] / "robustness" / "fault_node.py
 SLOW_TOKEN_SEC = 0.25  # one decode step of a SLOW question
 ANSWER_TIMEOUT_SEC = 5.0  # > 20 slow steps: a chunk (a word) always comes sooner
 LONG = 40  # tokens of a long SLOW answer (10 s)
-PERIOD = 0.5  # sample_fps 2.0 in config/dispider.yaml
 NODES = ("perception_node", "decision_node", "reaction_node")
 TIMINGS = {}
 
