@@ -61,7 +61,7 @@ import logging
 import math
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Callable, Deque, Dict, List, Optional
 
@@ -79,6 +79,8 @@ PROMPT_CAMERAS = ("all", "trigger")
 NAME_EVERY_SEC = 30.0  # camera seconds between labels that name the camera (one camera)
 ResponseCallback = Callable[[ResponseEvent], None]
 
+
+CANCELED_KEPT = 1024  # canceled queries remembered for triggers that arrive after their cancel
 
 @dataclass
 class ReactionConfig:
@@ -201,6 +203,9 @@ class ReactionEngine:
         self._cond = threading.Condition()
         self._queue: Deque[_Job] = deque()
         self._current: Optional[_Job] = None
+        # query id -> camera time up to which its triggers are canceled: a cancel can arrive
+        # before a trigger fired just ahead of it (two topics, no order between them)
+        self._canceled: "OrderedDict[str, float]" = OrderedDict()
         self._closing = False
         self._stats_lock = threading.Lock()
         self.counts = {"frames_ingested": 0, "submitted": 0, "answered": 0, "errors": 0,
@@ -279,6 +284,16 @@ class ReactionEngine:
             if self._closing:
                 raise RuntimeError("reaction engine is closed")
             self.counts["submitted"] += 1
+            if trigger.stamp <= self._canceled.get(trigger.query_id, -math.inf):
+                self.counts["canceled"] += 1
+                canceled = True
+            else:
+                canceled = False
+        if canceled:
+            self._emit_final(job, "", f"query {trigger.query_id} canceled", code=ErrorCode.CANCELED,
+                             extras={"stop_reason": "not_started"})
+            return job.response_id
+        with self._cond:
             current = self._current
             same = lambda other: other.trigger.query_id == trigger.query_id  # noqa: E731
             waiting = next((i for i, j in enumerate(self._queue) if same(j)), None) \
@@ -323,16 +338,23 @@ class ReactionEngine:
                     self.counts["dropped"])
         return dropped, ErrorCode.TRIGGER_DROPPED, "dropped: reaction queue full"
 
-    def cancel(self, query_id: str) -> int:
+    def cancel(self, query_id: str, up_to_stamp: Optional[float] = None) -> int:
         """End every trigger of a canceled query: the running answer stops within one decode
         step, waiting ones never start; each gets one final with ErrorCode.CANCELED.
 
         Args:
             query_id: the canceled query.
+            up_to_stamp: camera time of the cancel (the decision's newest frame then): a
+                trigger of this query with evidence up to it that arrives later (it was fired
+                before the cancel but came after it) ends at once as CANCELED too.
         Returns:
             How many triggers it ended (0 when none of that query was queued or running).
         """
         with self._cond:
+            if up_to_stamp is not None:
+                self._canceled[query_id] = max(up_to_stamp, self._canceled.pop(query_id, -math.inf))
+                while len(self._canceled) > CANCELED_KEPT:
+                    self._canceled.popitem(last=False)
             waiting = [job for job in self._queue if job.trigger.query_id == query_id]
             for job in waiting:
                 self._queue.remove(job)

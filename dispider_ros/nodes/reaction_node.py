@@ -229,7 +229,7 @@ class ReactionNode(DispiderNode):
         if not msg.cancel:
             self.health.fault("cancel", f"query_cancel for {msg.query_id!r} without cancel=true ignored")
             return
-        engine.cancel(msg.query_id)
+        engine.cancel(msg.query_id, up_to_stamp=to_sec(msg.header.stamp))
         overlay = self.overlay
         if overlay is not None:
             overlay.on_cancel(msg.query_id)

@@ -424,3 +424,19 @@ def test_a_final_that_never_reached_the_model_cost_nothing(engine_factory, vlm):
     assert {k: final.extras[k] for k in COST_KEYS if k != "history_span_sec"} == dict.fromkeys(
         ["prompt_tokens", "reused_tokens", "prefill_tokens", "frames_in_prompt"], 0)
     assert math.isnan(final.extras["history_span_sec"])
+
+
+def test_a_trigger_that_arrives_after_its_querys_cancel_is_canceled_not_answered(engine_factory):
+    """Triggers and cancels travel on two topics: a trigger fired just before the cancel can
+    arrive after it. Evidence up to the cancel's stamp ends at once as CANCELED; a later
+    trigger of a query that reuses the id is answered."""
+    engine, sink = engine_factory()
+    engine.ingest(frame(0))
+    assert engine.cancel("A", up_to_stamp=2.0) == 0  # nothing of A here yet
+    late = sink.wait_final(engine.submit(trigger(1, query="A", stamp=1.5)))
+    assert late.error_code == ErrorCode.CANCELED and late.token_count == 0
+    assert late.extras["stop_reason"] == "not_started"
+    other = sink.wait_final(engine.submit(trigger(2, query="B", stamp=1.5)))
+    reused = sink.wait_final(engine.submit(trigger(3, query="A", stamp=2.5)))
+    assert other.error_code == ErrorCode.OK and reused.error_code == ErrorCode.OK
+    assert engine.wait_idle(WAIT) and engine.stats()["canceled"] == 1

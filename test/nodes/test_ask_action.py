@@ -272,6 +272,39 @@ def test_cancel_latency_at_full_decode_speed(graph):
     TIMINGS["fast cancel: tokens when stopped"] = final.token_count
 
 
+def test_a_trigger_that_arrives_after_its_cancel_is_not_answered(graph):
+    """`trigger` and `query_cancel` are two topics with no order between them: a trigger the
+    decision fired just before a cancel can reach the reaction node after it. Sent here in
+    that order, as the decision node would, the trigger gets a final CANCELED and no answer;
+    a trigger of another query right after it is answered."""
+    _, client, _, camera = graph
+    from dispider_ros.msg import Query, Trigger
+    from dispider_ros.nodes.convert import header
+    from dispider_ros.core.types import ErrorCode
+
+    camera.play(VIDEOS / "mdn_cc0_flower.mp4", seconds=1.0)
+    evidence = camera.clock - 0.5
+    cancels = client.publisher(Query, "query_cancel", wait_subscribers=1)
+    triggers = client.publisher(Trigger, "trigger", wait_subscribers=1)
+
+    def fire(query_id):
+        trigger = Trigger(header=header(evidence, "cam"), trigger_id=f"{query_id}-t", query_id=query_id,
+                          query_text="What is in front of the camera?", camera_id="image", policy="now",
+                          score=1.0)
+        trigger.clip_start = trigger.clip_end = trigger.header.stamp
+        triggers.publish(trigger)
+
+    cancels.publish(Query(header=header(camera.clock, "cam"), query_id="late-1", cancel=True))
+    time.sleep(0.5)  # the cancel lands first
+    fire("late-1")
+    fire("late-2")
+    finals = lambda q: [r for r in client.messages("response") if r.query_id == q]  # noqa: E731
+    wait_for(lambda: finals("late-1") and finals("late-2"), 60, "finals of both triggers")
+    (canceled,), (answered,) = finals("late-1"), finals("late-2")
+    assert canceled.error_code == ErrorCode.CANCELED and canceled.token_count == 0, canceled
+    assert answered.error_code == ErrorCode.OK and answered.token_count > 0, answered
+
+
 def test_a_goal_is_refused_with_a_reason_while_the_node_is_inactive_or_over_limits(graph):
     _, client, asker, camera = graph
     from lifecycle_msgs.msg import Transition
