@@ -284,11 +284,10 @@ class ReactionEngine:
             if self._closing:
                 raise RuntimeError("reaction engine is closed")
             self.counts["submitted"] += 1
-            if trigger.stamp <= self._canceled.get(trigger.query_id, -math.inf):
+            cutoff = self._canceled.get(trigger.query_id)  # None: never canceled here
+            canceled = cutoff is not None and trigger.stamp <= cutoff
+            if canceled:
                 self.counts["canceled"] += 1
-                canceled = True
-            else:
-                canceled = False
         if canceled:
             self._emit_final(job, "", f"query {trigger.query_id} canceled", code=ErrorCode.CANCELED,
                              extras={"stop_reason": "not_started"})
