@@ -1,13 +1,11 @@
 """tiny:qwen2_vl_trained's build: its faster training kernels compute what the vision tower's
 own forward computes (values and gradients), and the build is deterministic (a build from an
 empty folder gives the cached weights bit for bit). What it answers: test/semantic."""
-from pathlib import Path
-
 import pytest
 import torch
-from safetensors.torch import load_file
+from tiny_builds import assert_rebuild_matches_cache
 
-from dispider_ros.models import tiny, tiny_qwen2_vl_trained as trained
+from dispider_ros.models import tiny_qwen2_vl_trained as trained
 
 SPEC = "tiny:qwen2_vl_trained"
 
@@ -46,9 +44,5 @@ def test_training_kernels_equal_the_towers_own_forward_and_gradients():
 
 @pytest.mark.slow
 def test_the_build_is_deterministic(tmp_path):
-    cached = Path(tiny.resolve_model_path(SPEC))
-    trained.build(tmp_path)
-    first, again = load_file(cached / "model.safetensors"), load_file(tmp_path / "model.safetensors")
-    assert first.keys() == again.keys()
-    assert all(torch.equal(first[k], again[k]) for k in first)
+    cached = assert_rebuild_matches_cache(SPEC, trained.build, tmp_path)
     assert sum(f.stat().st_size for f in cached.iterdir()) < 2e6

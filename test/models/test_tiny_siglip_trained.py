@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from tiny_builds import assert_rebuild_matches_cache
 
 from dispider_ros import world
 from dispider_ros.core.policies import sigmoid
@@ -70,9 +70,5 @@ def test_the_cache_key_names_its_data():
 
 @pytest.mark.slow
 def test_the_build_is_deterministic(tmp_path):
-    cached = Path(tiny.resolve_model_path(SPEC))
-    tiny_siglip_trained.build(tmp_path)
-    first, again = load_file(cached / "model.safetensors"), load_file(tmp_path / "model.safetensors")
-    assert first.keys() == again.keys()
-    assert all(torch.equal(first[k], again[k]) for k in first)
+    cached = assert_rebuild_matches_cache(SPEC, tiny_siglip_trained.build, tmp_path)
     assert (cached / "tokenizer.json").read_text() == (tmp_path / "tokenizer.json").read_text()
