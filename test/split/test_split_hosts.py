@@ -215,7 +215,10 @@ def test_a_10_mbit_link(split):
     agent.wait(lambda: int(agent.diag("reaction_node")[-1]["values"]["frames_backlog"]) == 0,
                30, "the server's backlog drained")
     before = snapshot(lab, agent)
-    time.sleep(5.0)
+    # a 5 s window of both nodes' own statuses (the clocks rates() divides by)
+    agent.wait(lambda: all(float(agent.diag(f"{node}_node")[-1]["values"]["node_time_sec"])
+                           >= before[f"{node}_t"] + 5.0 for node in ("perception", "reaction")),
+               15, "5 s of statuses from both nodes")
     unshaped = rates(before, snapshot(lab, agent))
     lab.shape("10mbit", "32kbit", "400ms")
     try:
