@@ -284,20 +284,15 @@ class ReactionEngine:
             if self._closing:
                 raise RuntimeError("reaction engine is closed")
             self.counts["submitted"] += 1
-            cutoff = self._canceled.get(trigger.query_id)  # None: never canceled here
-            canceled = cutoff is not None and trigger.stamp <= cutoff
-            if canceled:
-                self.counts["canceled"] += 1
-        if canceled:
-            self._emit_final(job, "", f"query {trigger.query_id} canceled", code=ErrorCode.CANCELED,
-                             extras={"stop_reason": "not_started"})
-            return job.response_id
-        with self._cond:
             current = self._current
             same = lambda other: other.trigger.query_id == trigger.query_id  # noqa: E731
             waiting = next((i for i, j in enumerate(self._queue) if same(j)), None) \
                 if self.config.preempt_same_query else None
-            if self.config.preempt_same_query and current is not None and same(current) \
+            cutoff = self._canceled.get(trigger.query_id)  # None: never canceled here
+            if cutoff is not None and trigger.stamp <= cutoff:  # fired before its cancel, came after
+                self.counts["canceled"] += 1
+                orphans.append((job, ErrorCode.CANCELED, f"query {trigger.query_id} canceled"))
+            elif self.config.preempt_same_query and current is not None and same(current) \
                     and not current.stop.is_set():
                 current.preempted_by, current.preempted = trigger.trigger_id, True
                 current.stop.set()
