@@ -416,8 +416,9 @@ def train(backend, steps: int = STEPS, seed: int = SEED) -> List[float]:
             # are encoded without gradients (half the vision cost, none of its backward)
             every = sorted({v for held in views.values() for v in held})
             learn = set(every) if warm else {v for *_, current in raw for v in views[current]}
+            learned = [v for v in every if v in learn]
             tokens_of = {}
-            for chosen, grad in (([v for v in every if v in learn], True), ([v for v in every if v not in learn], False)):
+            for chosen, grad in ((learned, True), ([v for v in every if v not in learn], False)):
                 if not chosen:
                     continue
                 pixels = augment(pool.pixels[chosen], gen, noise).reshape(-1, pool.pixels.shape[-1])
@@ -426,9 +427,8 @@ def train(backend, steps: int = STEPS, seed: int = SEED) -> List[float]:
             examples = [(_materialise(items, tokens_of, backend), q, a, sup) for items, q, a, sup, _ in raw]
             loss = batch_loss(backend, examples)
             if AUX_WEIGHT:
-                seen = [v for v in tokens_of if v in learn]
-                feats = torch.stack([tokens_of[v][0].mean(0) for v in seen])
-                labels = torch.as_tensor(pool.labels[seen])
+                feats = torch.stack([tokens_of[v][0].mean(0) for v in learned])
+                labels = torch.as_tensor(pool.labels[learned])
                 loss = loss + AUX_WEIGHT * torch.nn.functional.cross_entropy(probe(feats), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
