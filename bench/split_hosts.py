@@ -469,6 +469,8 @@ def agent_main(args) -> None:
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
 
+    from dispider_ros.spinning import stop_spinning
+
     rclpy.init()
     node = rclpy.create_node(f"split_agent_{os.getpid()}")
     agent = Agent(node, args.namespace, Path(args.record))
@@ -493,9 +495,9 @@ def agent_main(args) -> None:
         stop.set()
         threads[1].join(5)
         agent.close()
-        executor.shutdown(timeout_sec=1)
-        node.destroy_node()
-        rclpy.try_shutdown()
+        if stop_spinning(executor, threads[0]):  # a spin thread inside rcl at exit aborts the process
+            node.destroy_node()
+            rclpy.try_shutdown()
 
 
 def main(argv=None) -> None:
