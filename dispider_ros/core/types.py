@@ -52,6 +52,7 @@ class QuerySpec:
     expiry_sec: float = 0.0  # 0 = never
     threshold: Optional[float] = None  # None = policy default
     stamp: float = 0.0  # camera time the question was asked
+    revise: Optional[bool] = None  # revise its answers when the evidence changes; None = node parameter
 
     def __post_init__(self):
         if self.mode == "":
@@ -63,6 +64,17 @@ class QuerySpec:
         if not (self.expiry_sec >= 0.0):  # also rejects NaN
             raise ValueError(f"query {self.query_id!r}: expiry_sec {self.expiry_sec} must be >= 0")
         self.cameras = tuple(self.cameras)
+
+
+@dataclass(frozen=True)
+class RetrievedClip:
+    """A stored clip ranked relevant to a question (Dispider's question-relevant clips)."""
+
+    camera_id: str
+    clip_index: int
+    start: float  # camera time of the clip's first frame
+    end: float  # camera time of its last frame
+    score: float  # relevance: the match probability of the question and the clip feature
 
 
 @dataclass(frozen=True)
@@ -81,6 +93,9 @@ class TriggerEvent:
     clip_start: float
     clip_end: float
     frame_id: str = ""
+    retrieved: Tuple[RetrievedClip, ...] = ()  # older clips whose keyframes go into the prompt
+    revises_trigger_id: str = ""  # a revision: the trigger whose answer this one replaces
+    revision_reason: str = ""  # why: clip_boundary | score_drop ("" = not a revision)
 
 
 class ErrorCode(enum.IntEnum):

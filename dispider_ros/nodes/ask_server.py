@@ -190,7 +190,7 @@ class AskServer:
         node = self.node
         message = Query(text=goal.text, mode=goal.mode, cameras=list(goal.cameras),
                         max_responses=goal.max_responses, expiry_sec=goal.expiry_sec,
-                        threshold=goal.threshold)
+                        threshold=goal.threshold, revise=goal.revise)
         try:
             spec = query_from_msg(message, query_id)
             spec.stamp = node.latest_stamp  # asked now, in camera time

@@ -7,9 +7,10 @@ import numpy as np
 from builtin_interfaces.msg import Time
 from std_msgs.msg import Header
 
-from dispider_ros.core.types import FrameFeature, QuerySpec, ResponseEvent, TriggerEvent
+from dispider_ros.core.types import FrameFeature, QuerySpec, ResponseEvent, RetrievedClip, TriggerEvent
 from dispider_ros.msg import FrameFeature as FrameFeatureMsg
 from dispider_ros.msg import Query, Response, Trigger
+from dispider_ros.msg import RetrievedClip as RetrievedClipMsg
 
 
 def to_sec(stamp: Time) -> float:
@@ -36,7 +37,28 @@ def query_from_msg(msg: Query, assigned_id: str) -> QuerySpec:
         cameras=tuple(msg.cameras), max_responses=int(msg.max_responses),
         expiry_sec=float(msg.expiry_sec),
         threshold=threshold if math.isfinite(threshold) and threshold > 0 else None,
-        stamp=to_sec(msg.header.stamp))
+        stamp=to_sec(msg.header.stamp), revise=revise_from_msg(int(msg.revise)))
+
+
+def revise_from_msg(value: int):
+    """Query.revise -> QuerySpec.revise (None = the node parameter); ValueError if unknown."""
+    choices = {Query.REVISE_DEFAULT: None, Query.REVISE_ON: True, Query.REVISE_OFF: False}
+    if value not in choices:
+        raise ValueError(f"revise {value} is not one of REVISE_DEFAULT/ON/OFF (0, 1, 2)")
+    return choices[value]
+
+
+def clip_to_msg(clip) -> RetrievedClipMsg:
+    """A RetrievedClip (or its dict in a run record) -> RetrievedClip message."""
+    if isinstance(clip, dict):
+        clip = RetrievedClip(**clip)
+    return RetrievedClipMsg(camera_id=clip.camera_id, clip_index=int(clip.clip_index),
+                            start=to_time(clip.start), end=to_time(clip.end), score=float(clip.score))
+
+
+def clip_from_msg(msg: RetrievedClipMsg) -> RetrievedClip:
+    return RetrievedClip(camera_id=msg.camera_id, clip_index=int(msg.clip_index),
+                         start=to_sec(msg.start), end=to_sec(msg.end), score=float(msg.score))
 
 
 def feature_to_msg(feature: FrameFeature, encoder: str) -> FrameFeatureMsg:
@@ -61,7 +83,8 @@ def trigger_to_msg(event: TriggerEvent) -> Trigger:
         query_id=event.query_id, query_text=event.query_text, camera_id=event.camera_id,
         policy=event.policy, score=float(event.score), frame_index=int(event.frame_index),
         clip_index=int(event.clip_index), clip_start=to_time(event.clip_start),
-        clip_end=to_time(event.clip_end))
+        clip_end=to_time(event.clip_end), retrieved_clips=[clip_to_msg(c) for c in event.retrieved],
+        revises_trigger_id=event.revises_trigger_id, revision_reason=event.revision_reason)
 
 
 def trigger_from_msg(msg: Trigger) -> TriggerEvent:
@@ -70,7 +93,9 @@ def trigger_from_msg(msg: Trigger) -> TriggerEvent:
         camera_id=msg.camera_id, policy=msg.policy, score=float(msg.score),
         stamp=to_sec(msg.header.stamp), frame_index=int(msg.frame_index),
         clip_index=int(msg.clip_index), clip_start=to_sec(msg.clip_start),
-        clip_end=to_sec(msg.clip_end), frame_id=msg.header.frame_id)
+        clip_end=to_sec(msg.clip_end), frame_id=msg.header.frame_id,
+        retrieved=tuple(clip_from_msg(c) for c in msg.retrieved_clips),
+        revises_trigger_id=msg.revises_trigger_id, revision_reason=msg.revision_reason)
 
 
 def response_to_msg(event: ResponseEvent) -> Response:
@@ -85,7 +110,8 @@ def response_to_msg(event: ResponseEvent) -> Response:
         prompt_tokens=int(cost.get("prompt_tokens", 0)), reused_tokens=int(cost.get("reused_tokens", 0)),
         prefill_tokens=int(cost.get("prefill_tokens", 0)),
         frames_in_prompt=int(cost.get("frames_in_prompt", 0)),
-        history_span_sec=float(cost.get("history_span_sec", math.nan)))
+        history_span_sec=float(cost.get("history_span_sec", math.nan)),
+        retrieved_clips=[clip_to_msg(c) for c in cost.get("retrieved_clips", ())])
 
 
 def response_cost(msg: Response) -> dict:

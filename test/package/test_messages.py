@@ -73,7 +73,7 @@ def test_ask_action_outcomes_are_the_core_outcomes():
     assert fields["error_code"] == "uint8" and fields["responses"] == "sequence<dispider_ros/Response>"
     assert {Ask.Feedback.KIND_TRIGGER, Ask.Feedback.KIND_CHUNK, Ask.Feedback.KIND_FINAL} == {0, 1, 2}
     assert list(Ask.Goal.get_fields_and_field_types()) == [
-        "text", "mode", "cameras", "max_responses", "expiry_sec", "threshold"]
+        "text", "mode", "cameras", "max_responses", "expiry_sec", "threshold", "revise"]
 
 
 PUBLISHER = r"""
