@@ -25,7 +25,8 @@ LOG = logging.getLogger(__name__)
 
 Settings = Dict[str, Any]
 DECISION_FIELDS = ("trigger_threshold", "hysteresis", "cooldown_sec", "smoothing",
-                   "max_query_chars", "max_queries_per_sec", "max_active_queries")
+                   "max_query_chars", "max_queries_per_sec", "max_active_queries",
+                   "retrieval_k", "retrieval_min_score", "retrieval_max_clips")
 
 
 # -- settings -> config objects (no models loaded) -----------------------------------------
@@ -58,7 +59,11 @@ def reaction_config(settings: Settings) -> ReactionConfig:
                           preempt_same_query=settings["preempt_same_query"],
                           prompt_cameras=settings["prompt_cameras"],
                           evidence_timeout_sec=settings["evidence_timeout_sec"],
-                          label_every_sec=settings["frame_label_every_sec"])
+                          label_every_sec=settings["frame_label_every_sec"],
+                          keyframes_per_clip=settings["keyframes_per_clip"],
+                          keyframe_ram_mb=settings["keyframe_ram_mb"],
+                          keyframe_disk_mb=settings["keyframe_disk_mb"],
+                          keyframe_dir=settings["keyframe_dir"])
 
 
 def vision_encoder_config(settings: Settings, resolved: Dict[str, Any]):

@@ -23,10 +23,11 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from dispider_ros.core.clip_index import ClipIndex
 from dispider_ros.core.policies import (ActivationPolicy, BoundaryPolicy, MatchPolicy, NowPolicy,
                                         Policy, PolicyConfig)
 from dispider_ros.core.queries import ActiveQuery, QueryRegistry, QueryRejected, RegistryConfig
-from dispider_ros.core.query_text import infer_mode
+from dispider_ros.core.query_text import infer_mode, refers_to_past
 from dispider_ros.core import schema
 from dispider_ros.core.types import FrameFeature, QuerySpec, TriggerEvent
 
@@ -43,6 +44,9 @@ class DecisionConfig:
         trigger_threshold, hysteresis, cooldown_sec, smoothing: see policies.PolicyConfig.
         max_query_chars, max_queries_per_sec, max_active_queries, on_duplicate: see
             queries.RegistryConfig.
+        retrieval_k, retrieval_min_score, retrieval_max_clips: question-relevant clip
+            retrieval (the parameter schema; core/clip_index.py). retrieval_max_clips is
+            read once, at construction.
         id_prefix: trigger ids are "<id_prefix>-<n>", assigned query ids "<id_prefix>-q<n>";
             "" = a random 8-hex prefix per core. Ids must stay unique across robots,
             namespaces and restarts recorded in one log: decision_node passes its fully
@@ -58,10 +62,15 @@ class DecisionConfig:
     max_active_queries: int = schema.default("decision_node", "max_active_queries")
     on_duplicate: str = "replace"
     id_prefix: str = ""
+    retrieval_k: int = schema.default("decision_node", "retrieval_k")
+    retrieval_min_score: float = schema.default("decision_node", "retrieval_min_score")
+    retrieval_max_clips: int = schema.default("decision_node", "retrieval_max_clips")
 
     def __post_init__(self):
         self.policy_config()  # validates
         self.registry_config()
+        for name in ("retrieval_k", "retrieval_min_score", "retrieval_max_clips"):
+            setattr(self, name, schema.check("decision_node", name, getattr(self, name)))
         if not isinstance(self.id_prefix, str) or not (self.id_prefix == "" or self.id_prefix.isprintable()):
             raise ValueError(f"id_prefix {self.id_prefix!r} must be a printable string")
 
@@ -103,6 +112,7 @@ class DecisionCore:
         self._last_feature: Dict[str, FrameFeature] = {}
         self._text_cache: "OrderedDict[str, np.ndarray]" = OrderedDict()
         self._loops: Dict[str, int] = {}  # camera_id -> backward time jumps seen
+        self.clips = ClipIndex(self.config.retrieval_max_clips)
         self.counters = {"features": 0, "triggers": 0, "policy_errors": 0, "camera_resets": 0,
                          "bad_features": 0}
 
@@ -174,6 +184,7 @@ class DecisionCore:
             if previous is not None and feature.stamp < previous.stamp:
                 self._on_time_jump(feature.camera_id, previous.stamp, feature.stamp)
             self._last_feature[feature.camera_id] = feature
+            self.clips.observe(feature)
             self.counters["features"] += 1
             self.registry.expire(feature.stamp)
             triggers: List[TriggerEvent] = []
@@ -202,6 +213,7 @@ class DecisionCore:
         camera time elapsed across the loop. A jump is applied to a query once per loop,
         so cameras of one bag looping together do not move it twice."""
         self.reset_camera(camera_id)
+        self.clips.clear(camera_id)  # the old timeline's clips would be ranked as the new one's
         loop = self._loops[camera_id] = self._loops.get(camera_id, 0) + 1
         moved = 0
         for query in self.registry.active(camera_id):
@@ -227,7 +239,7 @@ class DecisionCore:
     def stats(self) -> Dict[str, float]:
         """Counters for diagnostics (flat dict of numbers)."""
         with self._lock:
-            out = dict(self.counters, queries_active=len(self.registry))
+            out = dict(self.counters, queries_active=len(self.registry), **self.clips.stats())
             out.update({f"queries_{k}": v for k, v in self.registry.counters.items()})
             out.update({f"rejected_{k}": v for k, v in self.registry.rejected.items()})
             return out
@@ -259,6 +271,22 @@ class DecisionCore:
         self._text_cache.move_to_end(text)
         return cached
 
+    def _retrieve(self, query: ActiveQuery) -> tuple:
+        """The stored clips relevant to a question about the past, best first (() = none: a
+        question about the present, retrieval_k 0, or no text encoder)."""
+        k = self.config.retrieval_k
+        if k <= 0 or self.text_encoder is None or not refers_to_past(query.spec.text):
+            return ()
+        try:
+            text = self._embed(query.event_text)
+        except Exception as error:  # noqa: BLE001 -- retrieval is an extra: the answer still goes
+            self.counters["retrieval_errors"] = self.counters.get("retrieval_errors", 0) + 1
+            LOG.warning("retrieval for query %r failed: %s: %s", query.query_id, type(error).__name__, error)
+            return ()
+        match = self.policies["match"]
+        return tuple(self.clips.rank(text, k, (match.scale, match.bias), query.spec.cameras,
+                                     self.config.retrieval_min_score))
+
     def _score(self, query: ActiveQuery, feature: FrameFeature) -> List[TriggerEvent]:
         try:
             score = self.policies[query.mode].observe(query, feature)
@@ -269,6 +297,7 @@ class DecisionCore:
             return []
         if score is None:
             return []
+        retrieved = self._retrieve(query)
         self._trigger_count += 1
         self.counters["triggers"] += 1
         event = TriggerEvent(
@@ -276,7 +305,7 @@ class DecisionCore:
             query_text=query.spec.text, camera_id=feature.camera_id, policy=query.mode,
             score=float(score), stamp=feature.stamp, frame_index=feature.frame_index,
             clip_index=feature.clip_index, clip_start=feature.clip_start, clip_end=feature.stamp,
-            frame_id=feature.frame_id)
+            frame_id=feature.frame_id, retrieved=retrieved)
         LOG.info("trigger %s: query %r (%s) score %.3f at %.3f on %r", event.trigger_id,
                  query.query_id, query.mode, score, feature.stamp, feature.camera_id)
         self.registry.record_response(query.query_id)

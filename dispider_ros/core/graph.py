@@ -86,8 +86,9 @@ class StreamingGraph:
             frames: sampled frames (from `frame`), each camera's in time order.
         """
         features = self.perception.process(frames)
+        clips = {(f.camera_id, f.frame_index): f.clip_index for f in features}
         for frame in frames:  # evidence before decision: a trigger never waits for its frame
-            self.reaction.ingest(frame)
+            self.reaction.ingest(frame, clips.get((frame.camera_id, frame.index), -1))
         triggers: List[TriggerEvent] = []
         for feature in features:
             if self.on_feature is not None:

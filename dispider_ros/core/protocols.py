@@ -52,11 +52,15 @@ class PromptParts:
         question: the trigger's query text.
         cache_slot: which of the model's prefix caches to reuse and extend (see
             ReactionVLM.prefill); a model with one cache ignores it.
+        retrieved: keyframes of older clips relevant to the question, in time order, at full
+            resolution (core/keyframe_store.py): the prompt puts them after the memory and
+            before the question, so the memory's cached prefix stays valid.
     """
 
     items: Sequence[MemoryItem]
     question: str
     cache_slot: int = 0
+    retrieved: Sequence[FrameTokens] = ()
 
 
 @dataclass

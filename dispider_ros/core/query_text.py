@@ -6,6 +6,13 @@ Mode inference for "auto" (`infer_mode`), on the lower-cased text, first rule th
   2. boundary if it contains a BOUNDARY_CUES phrase ("guide me", "narrate", "step by
               step", "keep me updated", "as it happens", ...): a running commentary;
   3. now      otherwise: a question about the present or the past, answered at once.
+
+Retrieval (`refers_to_past`): a question with a PAST_CUES word or phrase ("saw", "earlier",
+"did you see", "what happened", ...) asks about something that may have left the camera;
+its answer gets the stored clips relevant to it (DecisionCore, retrieval_k). A question
+about the present does not: its evidence is the newest clip, in memory at full resolution,
+and clips that merely share a word with it ("the camera" in "What is in front of the
+camera?") would only distract the model and lengthen its prompt.
 """
 from __future__ import annotations
 
@@ -18,6 +25,9 @@ MATCH_CUES = ("tell me when", "tell me if", "tell me once", "let me know when",
 BOUNDARY_CUES = ("guide me", "walk me through", "narrate", "commentate", "as it happens",
                  "step by step", "each step", "every step", "keep me updated",
                  "keep me posted", "play by play", "describe what happens")
+PAST_CUES = ("saw", "seen", "earlier", "before", "ago", "previously", "last time", "remember",
+             "did you see", "have you seen", "was there", "were there", "what was", "where was",
+             "where were", "when did", "where did", "what happened", "happened")
 _CONNECTIVES = ("when", "if", "once", "that", "for", "whenever")
 
 
@@ -33,6 +43,12 @@ def infer_mode(text: str) -> str:
     if any(re.search(rf"\b{re.escape(cue)}\b", norm) for cue in BOUNDARY_CUES):
         return "boundary"
     return "now"
+
+
+def refers_to_past(text: str) -> bool:
+    """True when a question asks about the past (rule in the module docstring)."""
+    norm = _normalise(text)
+    return any(re.search(rf"\b{re.escape(cue)}\b", norm) for cue in PAST_CUES)
 
 
 def event_text(text: str) -> str:
@@ -57,4 +73,4 @@ def event_text(text: str) -> str:
     return rest or stripped.strip(" ?!.") or stripped
 
 
-__all__ = ["MATCH_CUES", "BOUNDARY_CUES", "infer_mode", "event_text"]
+__all__ = ["MATCH_CUES", "BOUNDARY_CUES", "PAST_CUES", "infer_mode", "refers_to_past", "event_text"]

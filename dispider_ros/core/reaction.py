@@ -45,11 +45,17 @@ holds the last answered trigger's as last_<key> (the reaction node's /diagnostic
 - prompt_tokens: tokens in the prompt the model was given (frames, dialogue, question);
 - reused_tokens: of those, the ones whose KV cache was reused from an earlier prompt;
 - prefill_tokens: the ones prefilled for this answer (prompt_tokens - reused_tokens);
-- frames_in_prompt: frames in the prompt (every camera in it);
+- frames_in_prompt: frames in the prompt (every camera in it, retrieved keyframes included);
 - history_span_sec: camera seconds from the oldest frame of the trigger's camera in the
   prompt to the trigger's evidence stamp: how far back the answer could see. Only the
   trigger's camera counts, with prompt_cameras "trigger" and "all" alike (cameras have their
   own clocks). NaN when the prompt holds no frame of that camera.
+Retrieval: a trigger that names retrieved clips (TriggerEvent.retrieved, ranked by the
+decision) gets those clips' keyframes from the keyframe store, at full resolution and in time
+order, after the memory and before the question (PromptParts.retrieved), so the memory's
+cached prefix stays valid. Every final lists its trigger's clips as `retrieved_clips` in its
+extras (camera, clip index, start, end, score, keyframes put in the prompt: 0 when the store
+no longer holds the clip or the answer never started).
 A final that never reached the model (dropped, superseded, canceled, closed) cost nothing:
 zero tokens and frames, span NaN; one whose generation raised keeps its frames and span, and
 zero tokens (the model reported none).
@@ -68,6 +74,7 @@ from typing import Callable, Deque, Dict, List, Optional
 import torch
 
 from dispider_ros.core import schema
+from dispider_ros.core.keyframe_store import KeyframeStore, as_retrieved
 from dispider_ros.core.memory import FrameTokens, MemoryBuffer, MemoryConfig
 from dispider_ros.core.prefix_keeper import PrefixKeeper
 from dispider_ros.core.protocols import PromptParts, ReactionVLM
@@ -106,6 +113,8 @@ class ReactionConfig:
         worker_threads: torch intra-op threads of the worker, >= 1 (1 on small CPUs, so
             generation leaves a core to perception).
         poll_sec: the worker's queue read timeout, so close() is noticed, > 0.
+        keyframes_per_clip, keyframe_ram_mb, keyframe_disk_mb, keyframe_dir: the keyframe
+            store of retrieval (core/keyframe_store.py; the parameter schema says what each is).
     """
 
     memory: MemoryConfig = field(default_factory=MemoryConfig)
@@ -120,6 +129,10 @@ class ReactionConfig:
     settle_sec: float = 0.02
     worker_threads: int = 1
     poll_sec: float = 0.1
+    keyframes_per_clip: int = schema.default("reaction_node", "keyframes_per_clip")
+    keyframe_ram_mb: int = schema.default("reaction_node", "keyframe_ram_mb")
+    keyframe_disk_mb: int = schema.default("reaction_node", "keyframe_disk_mb")
+    keyframe_dir: str = schema.default("reaction_node", "keyframe_dir")
 
     def __post_init__(self):
         if not isinstance(self.memory, MemoryConfig):
@@ -133,6 +146,8 @@ class ReactionConfig:
         for name in ("max_queue", "prompt_cameras", "evidence_timeout_sec"):
             setattr(self, name, schema.check("reaction_node", name, getattr(self, name)))
         self.label_every_sec = schema.check("reaction_node", "frame_label_every_sec", self.label_every_sec)
+        for name in ("keyframes_per_clip", "keyframe_ram_mb", "keyframe_disk_mb", "keyframe_dir"):
+            setattr(self, name, schema.check("reaction_node", name, getattr(self, name)))
         if not (0.0 <= self.max_backward_jump_sec < math.inf):
             raise ValueError(f"max_backward_jump_sec {self.max_backward_jump_sec!r} must be a "
                              "finite number >= 0")
@@ -196,6 +211,8 @@ class ReactionEngine:
         budget = config.memory.max_tokens
         self.keeper = PrefixKeeper(self.memory, vlm, config.warm_step_tokens,
                                    slack_tokens=max(config.warm_step_tokens, budget // 10))
+        self.keyframes = KeyframeStore(config.keyframes_per_clip, config.keyframe_ram_mb << 20,
+                                       config.keyframe_disk_mb << 20, config.keyframe_dir or None)
         self._last_arrival = -math.inf  # monotonic time of the newest ingested frame
         self._labelled_at: Dict[str, float] = {}  # camera -> stamp of its last labelled frame
         self._named_at: Dict[str, float] = {}  # camera -> stamp of its last label naming it
@@ -217,11 +234,14 @@ class ReactionEngine:
         self._worker.start()
 
     # ---- perception side -----------------------------------------------------------------
-    def ingest(self, frame: Frame) -> FrameTokens:
-        """Encode a sampled frame's visual tokens now and store them in memory.
+    def ingest(self, frame: Frame, clip_index: int = -1) -> FrameTokens:
+        """Encode a sampled frame's visual tokens now and store them in memory (and, when it
+        is one of its clip's keyframes, in the keyframe store of retrieval).
 
         Args:
             frame: the sampled camera frame ((H, W, 3) uint8 RGB image).
+            clip_index: perception's clip of the frame (FrameFeature.clip_index); -1 = unknown
+                (the frame is then no keyframe).
         Returns:
             The stored FrameTokens.
         Raises:
@@ -234,6 +254,7 @@ class ReactionEngine:
             LOG.warning("camera %r: time jumped back %.3f -> %.3f s (bag loop or sim-time reset): "
                         "its memory is cleared", frame.camera_id, newest, frame.stamp)
             self.memory.clear(frame.camera_id)
+            self.keyframes.clear(frame.camera_id)
             self.keeper.invalidate()
             with self._stats_lock:
                 self.counts["memory_clears"] += 1
@@ -242,6 +263,7 @@ class ReactionEngine:
         tokens = self.vlm.encode_frame(frame.image, camera_id=frame.camera_id, stamp=frame.stamp,
                                        frame_index=frame.index, frame_id=frame.frame_id)
         stored = self.memory.add_frame(dataclasses.replace(tokens, **self._label(frame)))
+        self.keyframes.add(tokens, clip_index)
         with self._cond:
             self._last_arrival = time.monotonic()
             self._cond.notify_all()  # the worker prefills it when idle
@@ -392,6 +414,7 @@ class ReactionEngine:
             self._worker.join(timeout)
         if self._worker.is_alive() and threading.current_thread() is not self._worker:
             LOG.warning("reaction worker did not finish within %.1f s", timeout)
+        self.keyframes.close()
 
     def stats(self) -> dict:
         """Counters, last timings and the last answer's cost (last_<COST_KEYS>) for diagnostics."""
@@ -403,7 +426,8 @@ class ReactionEngine:
         out.update(queue_depth=depth, busy=busy, memory_tokens=memory["tokens"],
                    max_tokens=memory["max_tokens"], memory_frames=memory["frames"],
                    memory_span_sec=memory["history_span_sec"],
-                   memory_compressions=memory["compressions"], **self.keeper.stats())
+                   memory_compressions=memory["compressions"], **self.keeper.stats(),
+                   **self.keyframes.stats())
         return out
 
     # ---- worker --------------------------------------------------------------------------
@@ -454,6 +478,7 @@ class ReactionEngine:
         cameras = [trigger.camera_id] if self.config.prompt_cameras == "trigger" else None
         plan = self.keeper.plan(cameras)
         items = plan.items
+        retrieved, clips = self._retrieved(trigger)
         sequence = tokens = 0
         first_chunk: List[float] = []
         produced: List[str] = []  # the text so far, for an answer that fails midway
@@ -470,7 +495,8 @@ class ReactionEngine:
 
         failed = out_of_memory = False
         try:
-            result = self.vlm.generate(PromptParts(items, trigger.query_text, cache_slot=plan.slot),
+            result = self.vlm.generate(PromptParts(items, trigger.query_text, cache_slot=plan.slot,
+                                                   retrieved=retrieved),
                                        on_text=on_text, stop=job.stop)
             self.keeper.answered(plan)
         except Exception as error:  # noqa: BLE001 -- any model failure becomes an error response
@@ -483,8 +509,9 @@ class ReactionEngine:
                              ttft=(first_chunk[0] - job.submitted) if first_chunk else math.nan,
                              token_count=tokens, extras={"stop_reason": "error",
                                                          "queue_wait_sec": started - job.submitted,
-                                                         **answer_cost(items, trigger.camera_id,
-                                                                       trigger.stamp)},
+                                                         **answer_cost(list(items) + retrieved, trigger.camera_id,
+                                                                       trigger.stamp),
+                                                         "retrieved_clips": clips},
                              code=ErrorCode.OUT_OF_MEMORY if out_of_memory else ErrorCode.GENERATION_FAILED)
             failed = True
         if out_of_memory:  # outside the except block, so the failed step's tensors are gone
@@ -497,8 +524,9 @@ class ReactionEngine:
             "canceled" if job.canceled and result.stop_reason == "stopped" else result.stop_reason
         ttft = (first_chunk[0] - job.submitted) if first_chunk else \
             (started - job.submitted + result.ttft_sec)
-        cost = answer_cost(items, trigger.camera_id, trigger.stamp, result)
+        cost = answer_cost(list(items) + retrieved, trigger.camera_id, trigger.stamp, result)
         extras = {"stop_reason": stop_reason, "queue_wait_sec": started - job.submitted,
+                  "retrieved_clips": clips,
                   "model_ttft_sec": result.ttft_sec, **cost,
                   "tokens_per_sec": result.tokens_per_sec, "duration_sec": result.duration_sec,
                   "evidence_in_memory": evidence, **result.extras}
@@ -519,6 +547,18 @@ class ReactionEngine:
             code, error = ErrorCode.SHUTDOWN, "reaction engine closed while answering"
         self._emit_final(job, result.text, error, sequence=sequence, ttft=ttft,
                          token_count=result.token_count, extras=extras, code=code)
+
+    def _retrieved(self, trigger: TriggerEvent) -> tuple:
+        """(keyframes of the trigger's retrieved clips in time order, labelled; the clips as
+        run-record dicts, each with the keyframes it gave: 0 = no longer stored)."""
+        frames: List[FrameTokens] = []
+        clips = []
+        for clip in trigger.retrieved:
+            kept = self.keyframes.get(clip.camera_id, clip.clip_index)
+            frames += [as_retrieved(f) for f in kept]
+            clips.append(dict(dataclasses.asdict(clip), keyframes=len(kept)))
+        frames.sort(key=lambda f: (f.stamp, f.camera_id))
+        return frames, clips
 
     def _await_evidence(self, trigger: TriggerEvent, stop: threading.Event) -> bool:
         """True when the trigger's evidence frame is in memory (waiting only if it is not yet)."""
@@ -553,8 +593,11 @@ class ReactionEngine:
     def _emit_final(self, job: _Job, text: str, error: str, sequence: int = 0, ttft: float = math.nan,
                     token_count: int = 0, extras: Optional[dict] = None,
                     code: ErrorCode = ErrorCode.OK) -> None:
-        # Every final says what it cost; one that never reached the model cost nothing.
-        extras = dict(answer_cost([], job.trigger.camera_id, job.trigger.stamp), **(extras or {}))
+        # Every final says what it cost (one that never reached the model cost nothing) and
+        # which clips its trigger retrieved.
+        clips = [dict(dataclasses.asdict(c), keyframes=0) for c in job.trigger.retrieved]
+        extras = {**answer_cost([], job.trigger.camera_id, job.trigger.stamp),
+                  "retrieved_clips": clips, **(extras or {})}
         self._emit(self._event(job, text, final=True, sequence=sequence, ttft_sec=ttft,
                                token_count=token_count, error_code=code, error=error,
                                extras=extras))

@@ -131,6 +131,15 @@ DECISION = _common("decision_node", "SigLIP/CLIP checkpoint whose text tower sco
           "reaction node) for this long: the reaction node is down, unreachable or stalled. "
           "Keep it above the slowest first token (queue wait, evidence wait, prefill)",
           0.5, 3600.0, live=True),
+    # -- question-relevant clip retrieval (core/clip_index.py)
+    Param("retrieval_k", 3, "stored clips retrieved for a question about the past "
+          "(query_text.refers_to_past), ranked by the match probability of the question and "
+          "each clip's mean embedding; the trigger names them and their keyframes go into the "
+          "prompt at full resolution. 0 = no retrieval", 0, 64, live=True),
+    Param("retrieval_min_score", 0.5, "a clip is retrieved only when that match probability "
+          "reaches this", 0.0, 1.0, live=True),
+    Param("retrieval_max_clips", 20000, "clip features kept for retrieval, oldest dropped "
+          "first (one embedding each: 3 KB at 768 dimensions)", 1, 10_000_000),
 )
 
 REACTION = _common("reaction_node", "video-LLM answering triggers (Qwen2-VL, Qwen2.5-VL, "
@@ -185,6 +194,15 @@ REACTION = _common("reaction_node", "video-LLM answering triggers (Qwen2-VL, Qwe
     Param("remote_image_ids", True, "send each image's content hash as its `uuid` (vLLM >= "
           "0.10.2 then skips hashing it for its caches); off for servers that reject unknown "
           "fields"),
+    # -- keyframes of every clip for retrieval (core/keyframe_store.py)
+    Param("keyframes_per_clip", 2, "keyframes kept per clip at full resolution, spread over "
+          "the clip (for retrieval)", 1, 64),
+    Param("keyframe_ram_mb", 256, "RAM the stored keyframes may use; beyond it the oldest "
+          "clips move to keyframe_dir as safetensors", 0, 1 << 20),
+    Param("keyframe_disk_mb", 2048, "disk the spilled keyframes may use; beyond it the oldest "
+          "clips are deleted (0 = no disk: dropped from RAM)", 0, 1 << 24),
+    Param("keyframe_dir", "", "folder of the spilled keyframes; empty = a temporary folder "
+          "removed at shutdown"),
 )
 
 PARAMS: Dict[str, Tuple[Param, ...]] = {

@@ -9,7 +9,10 @@ The lines are exactly the prediction records `score_cli` reads (fields documente
                      abs_stamp (camera clock)
     type "trigger"   query_id, trigger_id, stamp, camera_id, policy, score, frame_index,
                      clip_index, clip_start, abs_stamp, clock_stamp (the camera clock when
-                     the trigger was made: later than stamp for a query answered at once)
+                     the trigger was made: later than stamp for a query answered at once),
+                     retrieved_clips (older clips ranked relevant to a question about the
+                     past: camera_id, clip_index, start, end (s from the recording start),
+                     score; [] = none)
     type "response"  query_id, trigger_id, response_id, stamp (of the evidence), text,
                      final, sequence, ttft_sec, emit_stamp, token_count, error_code (the
                      Response.msg constant; 0 = answered), error, revises_response_id,
@@ -18,7 +21,10 @@ The lines are exactly the prediction records `score_cli` reads (fields documente
                      `core.types`): prompt_tokens, reused_tokens (KV cache reused),
                      prefill_tokens, frames_in_prompt, history_span_sec (camera s from the
                      oldest frame of the trigger's camera in the prompt to the evidence;
-                     null = none); 0/null for an answer that never reached the model
+                     null = none); 0/null for an answer that never reached the model;
+                     retrieved_clips: its trigger's clips, each with `keyframes`, how many
+                     of its keyframes were in the prompt (0: never started, or no longer
+                     stored)
     type "run"       event "start" (mode, bag, annotations, t0, settings) or "end"
                      (system figures: sampled fps, drops, peak memory, speed); score_cli
                      skips these lines
@@ -36,6 +42,7 @@ A rosbag2 remains the right container for the *input* camera stream.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import threading
@@ -103,11 +110,23 @@ class RunRecorder:
                     "text": text, "mode": mode, "camera_id": camera_id, "abs_stamp": abs_stamp,
                     **extras})
 
+    def clips(self, clips) -> List[dict]:
+        """Retrieved clips (RetrievedClip records or their dicts) with start and end relative
+        to the recording start, as every other stamp of the record."""
+        out = []
+        for clip in clips:
+            row = dict(clip) if isinstance(clip, dict) else dataclasses.asdict(clip)
+            row.update(start=self.rel(row["start"]), end=self.rel(row["end"]))
+            out.append(row)
+        return out
+
     def trigger(self, trigger_id: str, query_id: str, abs_stamp: float, camera_id: str,
                 policy: str, score: float, frame_index: int, clip_index: int,
-                clip_start: float, clock_abs: Optional[float] = None, **extras) -> None:
+                clip_start: float, clock_abs: Optional[float] = None, retrieved_clips=(),
+                **extras) -> None:
         """A trigger; `clock_abs` = the camera clock when it was made (>= its evidence stamp)."""
         self.counts["trigger"] += 1
+        extras["retrieved_clips"] = self.clips(retrieved_clips)
         if clock_abs is not None:
             extras["clock_stamp"] = self.rel(clock_abs)
         self.write({"type": "trigger", "query_id": query_id, "trigger_id": trigger_id,
@@ -121,7 +140,7 @@ class RunRecorder:
                  token_count: int = 0, error: str = "", revises_response_id: str = "",
                  error_code: int = 0, prompt_tokens: int = 0, reused_tokens: int = 0,
                  prefill_tokens: int = 0, frames_in_prompt: int = 0,
-                 history_span_sec: Optional[float] = None, **extras) -> None:
+                 history_span_sec: Optional[float] = None, retrieved_clips=(), **extras) -> None:
         """One final answer, or a chunk (final=False; skipped unless `chunks`).
 
         A final carries what it cost (COST_KEYS; the defaults: it never reached the model).
@@ -139,7 +158,8 @@ class RunRecorder:
                           emit_stamp=None if emit_abs_stamp is None else self.rel(emit_abs_stamp),
                           prompt_tokens=int(prompt_tokens), reused_tokens=int(reused_tokens),
                           prefill_tokens=int(prefill_tokens), frames_in_prompt=int(frames_in_prompt),
-                          history_span_sec=history_span_sec)
+                          history_span_sec=history_span_sec,
+                          retrieved_clips=self.clips(retrieved_clips))
         record["abs_stamp"] = abs_stamp
         record.update(extras)
         self.write(record)

@@ -257,6 +257,7 @@ class OfflineReplay:
             token_count=event.token_count, error_code=int(event.error_code), error=event.error,
             revises_response_id=event.revises_response_id,
             **({"stop_reason": event.extras.get("stop_reason", ""),
+                "retrieved_clips": event.extras.get("retrieved_clips", ()),
                 **{k: event.extras[k] for k in COST_KEYS if k in event.extras}}
                if event.final else {}))
 
@@ -265,7 +266,7 @@ class OfflineReplay:
         self.recorder.trigger(trigger.trigger_id, trigger.query_id, trigger.stamp,
                               trigger.camera_id, trigger.policy, trigger.score,
                               trigger.frame_index, trigger.clip_index, trigger.clip_start,
-                              clock_abs=clock)
+                              clock_abs=clock, retrieved_clips=trigger.retrieved)
         with self._lock:
             self._pending[trigger.trigger_id] = (clock, began)
 

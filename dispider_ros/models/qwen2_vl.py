@@ -27,6 +27,9 @@ never re-runs vision; `generate(parts, on_text, stop)` answers over memory items
   from the full sequence (transformers derives decode positions from it once a cache is
   non-empty), and the slot is cropped back to the prefix afterwards. Any error drops the
   caches.
+- Retrieved clips (PromptParts.retrieved): their keyframes open the suffix, after
+  `retrieval_header` and each with its camera and time label, then the question; being
+  after the prefix, they are prefilled per answer and never disturb the cached memory.
 - Frame labels: a frame with `labelled` set gets a label before it (`frame_label`, naming
   the camera, when `named` is set; else `time_label`); the others only their markers (the
   engine labels one frame every few seconds per camera and names the camera on a change).
@@ -290,8 +293,12 @@ class Qwen2VLBackend(ReactionVLM):
                 open_user = False
             else:
                 raise TypeError(f"prompt item {type(item).__name__} is neither FrameTokens nor DialogueTurn")
-        suffix = [("" if open_user else "<|im_start|>user\n")
-                  + f"{_plain(parts.question)}<|im_end|>\n<|im_start|>assistant\n"]
+        suffix: list = [] if open_user else ["<|im_start|>user\n"]
+        if parts.retrieved:  # after the cached prefix: retrieval never invalidates it
+            suffix.append(_plain(self.config.retrieval_header))
+            for frame in parts.retrieved:
+                suffix += [f"{self._label(frame)}<|vision_start|>", frame, "<|vision_end|>"]
+        suffix.append(f"{_plain(parts.question)}<|im_end|>\n<|im_start|>assistant\n")
         return prefix, suffix
 
     def _label(self, frame: FrameTokens) -> str:

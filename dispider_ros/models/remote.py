@@ -316,6 +316,14 @@ class RemoteVLM(ReactionVLM):
                             MESSAGE_OVERHEAD_TOKENS + self.count_tokens(_plain(item.text))))
             else:
                 raise TypeError(f"prompt item {type(item).__name__} is neither FrameTokens nor DialogueTurn")
+        if parts.retrieved:  # after the memory, as in the local backends: the server's prefix cache holds
+            content = [{"type": "text", "text": _plain(self.config.retrieval_header)}]
+            cost = MESSAGE_OVERHEAD_TOKENS + self.count_tokens(_plain(self.config.retrieval_header))
+            for frame in parts.retrieved:
+                label = self._label(frame)
+                content += ([{"type": "text", "text": label}] if label else []) + [self._image_part(frame)]
+                cost += frame.n_tokens + self.frame_overhead_tokens(frame)
+            out.append(({"role": "user", "content": content}, cost))
         out.append((self._text_message("user", parts.question),
                     MESSAGE_OVERHEAD_TOKENS + self.count_tokens(_plain(parts.question)) + ANSWER_HEADER_TOKENS))
         return out

@@ -133,7 +133,15 @@ class SmolVLMBackend(Qwen2VLBackend):
                 open_user = False
             else:
                 raise TypeError(f"prompt item {type(item).__name__} is neither FrameTokens nor DialogueTurn")
-        suffix = [("" if open_user else "User: ") + f"{self._plain(parts.question)}{EOU}\nAssistant:"]
+        suffix: list = []
+        lead = "" if open_user else "User: "
+        if parts.retrieved:  # after the cached prefix: retrieval never invalidates it
+            suffix.append(lead + self._plain(self.config.retrieval_header))
+            for frame in parts.retrieved:
+                label = self._label(frame)
+                suffix += [(f" {label}" if label else "") + f"{FAKE}{GLOBAL}", frame, FAKE]
+            lead = " "
+        suffix.append(f"{lead}{self._plain(parts.question)}{EOU}\nAssistant:")
         return prefix, suffix
 
     def _label(self, frame: FrameTokens) -> str:

@@ -30,6 +30,7 @@ class ReactionVLMConfig:
         frame_label: text before a labelled frame that names its camera, formatted with
             camera_id, stamp, frame_index ("" = none); tells the model which camera and when.
         time_label: the same for a labelled frame that does not name its camera.
+        retrieval_header: text before the keyframes of retrieved clips (after the memory).
     """
 
     model: str = "tiny:qwen2_vl"
@@ -48,6 +49,7 @@ class ReactionVLMConfig:
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     frame_label: str = "{camera_id} {stamp:.1f}s"
     time_label: str = "{stamp:.1f}s"
+    retrieval_header: str = "Earlier clips relevant to the question:\n"
 
     def __post_init__(self):
         if not isinstance(self.model, str) or not self.model.strip():

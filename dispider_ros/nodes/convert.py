@@ -1,6 +1,7 @@
 """Message <-> core record conversion (the only place both worlds meet)."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -49,16 +50,21 @@ def revise_from_msg(value: int):
 
 
 def clip_to_msg(clip) -> RetrievedClipMsg:
-    """A RetrievedClip (or its dict in a run record) -> RetrievedClip message."""
-    if isinstance(clip, dict):
-        clip = RetrievedClip(**clip)
-    return RetrievedClipMsg(camera_id=clip.camera_id, clip_index=int(clip.clip_index),
-                            start=to_time(clip.start), end=to_time(clip.end), score=float(clip.score))
+    """A RetrievedClip, or a final's dict of one with `keyframes`, -> RetrievedClip message."""
+    row = dict(clip) if isinstance(clip, dict) else dataclasses.asdict(clip)
+    return RetrievedClipMsg(camera_id=row["camera_id"], clip_index=int(row["clip_index"]),
+                            start=to_time(row["start"]), end=to_time(row["end"]),
+                            score=float(row["score"]), keyframes=int(row.get("keyframes", 0)))
 
 
 def clip_from_msg(msg: RetrievedClipMsg) -> RetrievedClip:
     return RetrievedClip(camera_id=msg.camera_id, clip_index=int(msg.clip_index),
                          start=to_sec(msg.start), end=to_sec(msg.end), score=float(msg.score))
+
+
+def clip_record(msg: RetrievedClipMsg) -> dict:
+    """A final's RetrievedClip message as its run-record dict (with `keyframes`)."""
+    return dict(dataclasses.asdict(clip_from_msg(msg)), keyframes=int(msg.keyframes))
 
 
 def feature_to_msg(feature: FrameFeature, encoder: str) -> FrameFeatureMsg:
@@ -115,7 +121,9 @@ def response_to_msg(event: ResponseEvent) -> Response:
 
 
 def response_cost(msg: Response) -> dict:
-    """What a final Response cost, keyed as the run record's COST_KEYS (NaN span = none)."""
+    """What a final Response cost, keyed as the run record's COST_KEYS (NaN span = none), and
+    the clips its trigger retrieved."""
     return {"prompt_tokens": int(msg.prompt_tokens), "reused_tokens": int(msg.reused_tokens),
             "prefill_tokens": int(msg.prefill_tokens), "frames_in_prompt": int(msg.frames_in_prompt),
-            "history_span_sec": float(msg.history_span_sec)}
+            "history_span_sec": float(msg.history_span_sec),
+            "retrieved_clips": [clip_record(c) for c in msg.retrieved_clips]}

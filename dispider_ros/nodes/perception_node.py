@@ -87,8 +87,10 @@ class PerceptionNode(DispiderNode):
                     self.health.fault(f"frame_{error.reason}", str(error))
             features = self.pipeline.process(frames)
             image_format, quality = self.settings["sampled_image_format"], self.settings["jpeg_quality"]
+        clips = {(f.camera_id, f.frame_index): f.clip_index for f in features}
         for frame in frames:
-            self.frame_pub.publish(frame_to_msg(frame, image_format, quality))
+            self.frame_pub.publish(frame_to_msg(frame, image_format, quality,
+                                                clips.get((frame.camera_id, frame.index), -1)))
         for feature in features:
             self.feature_pub.publish(feature_to_msg(feature, self.resolved["model"]))
 

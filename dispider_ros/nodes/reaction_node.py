@@ -161,7 +161,7 @@ class ReactionNode(DispiderNode):
                 continue
             try:
                 frame = frame_from_msg(msg, self.conversion)
-                engine.ingest(frame)
+                engine.ingest(frame, int(msg.clip_index))
             except ImageError as error:
                 self.health.fault(f"image_{error.kind}", f"{msg.camera_id}: {error}")
                 continue

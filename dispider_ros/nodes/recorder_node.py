@@ -24,7 +24,7 @@ from rclpy.node import Node
 from dispider_ros.eval.record import RunRecorder
 from dispider_ros.msg import Query, Response, Trigger
 from dispider_ros.nodes.base import RELIABLE, spin
-from dispider_ros.nodes.convert import response_cost, to_sec
+from dispider_ros.nodes.convert import clip_from_msg, response_cost, to_sec
 
 
 class OutputRecorder:
@@ -91,7 +91,8 @@ class OutputRecorder:
             self.triggers[msg.trigger_id] = stamp
         self.recorder.trigger(msg.trigger_id, msg.query_id, stamp, self.camera(msg.camera_id),
                               msg.policy, float(msg.score), msg.frame_index, msg.clip_index,
-                              to_sec(msg.clip_start), clock_abs=self.clock())
+                              to_sec(msg.clip_start), clock_abs=self.clock(),
+                              retrieved_clips=[clip_from_msg(c) for c in msg.retrieved_clips])
 
     def _on_response(self, msg: Response) -> None:
         if msg.final:

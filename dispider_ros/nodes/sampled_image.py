@@ -16,11 +16,13 @@ from dispider_ros.msg import SampledImage
 from dispider_ros.nodes.convert import header, to_sec
 
 
-def frame_to_msg(frame: Frame, image_format: str = "raw", jpeg_quality: int = 85) -> SampledImage:
-    """Frame ((H, W, 3) uint8 RGB) -> SampledImage, raw rgb8 or JPEG."""
+def frame_to_msg(frame: Frame, image_format: str = "raw", jpeg_quality: int = 85,
+                 clip_index: int = -1) -> SampledImage:
+    """Frame ((H, W, 3) uint8 RGB) -> SampledImage, raw rgb8 or JPEG (clip_index: perception's
+    clip of the frame, -1 = unknown)."""
     hdr = header(frame.stamp, frame.frame_id)
     msg = SampledImage(header=hdr, camera_id=frame.camera_id, frame_index=int(frame.index),
-                       format=image_format)
+                       clip_index=int(clip_index), format=image_format)
     rgb = np.ascontiguousarray(frame.image)
     if image_format == SampledImage.FORMAT_JPEG:
         ok, data = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),

@@ -138,10 +138,13 @@ def test_what_an_answer_cost_goes_from_the_event_into_the_message_and_the_record
 
     assert COST_KEYS == ENGINE_KEYS
     cost = {"prompt_tokens": 3585, "reused_tokens": 3396, "prefill_tokens": 189,
-            "frames_in_prompt": 80, "history_span_sec": 39.5}
+            "frames_in_prompt": 80, "history_span_sec": 39.5,
+            "retrieved_clips": [{"camera_id": "front", "clip_index": 3, "start": 1.5, "end": 4.0,
+                                 "score": 0.875, "keyframes": 2}]}
     event = ResponseEvent(response_id="r", trigger_id="t", query_id="q", camera_id="front",
                           stamp=12.0, text="Open.", final=True, sequence=2,
                           extras=dict(cost, stop_reason="eos"))
     assert response_cost(response_to_msg(event)) == cost
     bare = response_cost(response_to_msg(ResponseEvent("r", "t", "q", "front", 12.0, "", True, 0)))
+    assert bare.pop("retrieved_clips") == []
     assert math.isnan(bare.pop("history_span_sec")) and set(bare.values()) == {0}
