@@ -27,7 +27,7 @@ from dispider_ros.core.clip_index import ClipIndex
 from dispider_ros.core.policies import (ActivationPolicy, BoundaryPolicy, MatchPolicy, NowPolicy,
                                         Policy, PolicyConfig)
 from dispider_ros.core.queries import ActiveQuery, QueryRegistry, QueryRejected, RegistryConfig
-from dispider_ros.core.query_text import infer_mode, refers_to_past
+from dispider_ros.core.query_text import infer_mode, refers_to_past, retrieval_text
 from dispider_ros.core import schema
 from dispider_ros.core.types import FrameFeature, QuerySpec, TriggerEvent
 
@@ -278,7 +278,7 @@ class DecisionCore:
         if k <= 0 or self.text_encoder is None or not refers_to_past(query.spec.text):
             return ()
         try:
-            text = self._embed(query.event_text)
+            text = self._embed(retrieval_text(query.spec.text))
         except Exception as error:  # noqa: BLE001 -- retrieval is an extra: the answer still goes
             self.counters["retrieval_errors"] = self.counters.get("retrieval_errors", 0) + 1
             LOG.warning("retrieval for query %r failed: %s: %s", query.query_id, type(error).__name__, error)

@@ -207,9 +207,15 @@ def _read(path: Path) -> List[FrameTokens]:
     return out
 
 
-def as_retrieved(frame: FrameTokens) -> FrameTokens:
-    """A keyframe as the prompt shows it: labelled with its camera and time, outside memory."""
-    return dataclasses.replace(frame, labelled=True, named=True, key=-1, overhead=0)
+def as_retrieved(frames: List[FrameTokens]) -> List[FrameTokens]:
+    """Keyframes as the prompt shows them: in time order, each labelled with its time, the
+    first and each one from another camera than the one before also naming its camera (the
+    memory's rule: a camera is named when it changes), outside memory."""
+    out, camera = [], None
+    for frame in sorted(frames, key=lambda f: (f.stamp, f.camera_id)):
+        out.append(dataclasses.replace(frame, labelled=True, named=frame.camera_id != camera, key=-1, overhead=0))
+        camera = frame.camera_id
+    return out
 
 
 __all__ = ["KeyframeStore", "as_retrieved", "frame_bytes"]

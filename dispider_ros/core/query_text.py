@@ -51,6 +51,26 @@ def refers_to_past(text: str) -> bool:
     return any(re.search(rf"\b{re.escape(cue)}\b", norm) for cue in PAST_CUES)
 
 
+_PAST_FRAMING = ("tell me about", "tell me", "what about", "describe", "show me", "do you remember",
+                 "remember", "did you see", "have you seen", "you saw", "you have seen", "you've seen",
+                 "we saw", "i saw", "saw", "seen", "earlier", "before", "previously", "a while ago",
+                 "ago", "last time", "what was", "where was", "when did you see", "where did you see",
+                 "what did", "look like", "looked like")
+
+
+def retrieval_text(text: str) -> str:
+    """The part of a question about the past that a text-image ranker should embed: the
+    framing ("Tell me about", "you saw", "earlier", ...) and ?!. marks dropped, so "Tell me
+    about the rocket you saw." -> "the rocket" (a dual encoder was trained on captions, not
+    on requests). Text that is all framing is returned stripped of those marks."""
+    stripped = " ".join(text.split()).replace("\u2019", "'")
+    rest = stripped
+    for phrase in sorted(_PAST_FRAMING, key=len, reverse=True):
+        rest = re.sub(rf"\b{re.escape(phrase)}\b", " ", rest, flags=re.IGNORECASE)
+    rest = " ".join(rest.split()).strip(" ,:;?!.")
+    return rest or stripped.strip(" ?!.") or stripped
+
+
 def event_text(text: str) -> str:
     """The part of a question a text-image matcher should embed.
 
@@ -73,4 +93,4 @@ def event_text(text: str) -> str:
     return rest or stripped.strip(" ?!.") or stripped
 
 
-__all__ = ["MATCH_CUES", "BOUNDARY_CUES", "PAST_CUES", "infer_mode", "refers_to_past", "event_text"]
+__all__ = ["MATCH_CUES", "BOUNDARY_CUES", "PAST_CUES", "infer_mode", "refers_to_past", "retrieval_text", "event_text"]

@@ -555,10 +555,9 @@ class ReactionEngine:
         clips = []
         for clip in trigger.retrieved:
             kept = self.keyframes.get(clip.camera_id, clip.clip_index)
-            frames += [as_retrieved(f) for f in kept]
+            frames += kept
             clips.append(dict(dataclasses.asdict(clip), keyframes=len(kept)))
-        frames.sort(key=lambda f: (f.stamp, f.camera_id))
-        return frames, clips
+        return as_retrieved(frames), clips
 
     def _await_evidence(self, trigger: TriggerEvent, stop: threading.Event) -> bool:
         """True when the trigger's evidence frame is in memory (waiting only if it is not yet)."""

@@ -132,7 +132,7 @@ DECISION = _common("decision_node", "SigLIP/CLIP checkpoint whose text tower sco
           "Keep it above the slowest first token (queue wait, evidence wait, prefill)",
           0.5, 3600.0, live=True),
     # -- question-relevant clip retrieval (core/clip_index.py)
-    Param("retrieval_k", 3, "stored clips retrieved for a question about the past "
+    Param("retrieval_k", 1, "stored clips retrieved for a question about the past "
           "(query_text.refers_to_past), ranked by the match probability of the question and "
           "each clip's mean embedding; the trigger names them and their keyframes go into the "
           "prompt at full resolution. 0 = no retrieval", 0, 64, live=True),

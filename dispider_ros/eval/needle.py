@@ -8,8 +8,9 @@ at the given settings, every frame sampled, the answer awaited (greedy: determin
 
 Per recording (`run_needle`): which clips the trigger retrieved and their scores, whether one
 of them lies inside the needle shot (the retrieval hit), the keyframes the reaction model was
-given (`PromptProbe`: level 0 = full resolution, and their stamps), and the answer and
-whether it names the needle (world.names_scene). `recall_at_k` over many seeds is the figure.
+given (`PromptProbe`: level 0 = full resolution, and their stamps), how many needle frames its
+memory still held at full resolution (compression pools them), and the answer and whether it
+names the needle (world.names_scene). `recall_at_k` over many seeds is the figure.
 """
 from __future__ import annotations
 
@@ -65,13 +66,13 @@ class PromptProbe:
 
     def __init__(self, inner):
         self._inner = inner
-        self.retrieved: List[list] = []
+        self.parts: List[object] = []
 
     def __getattr__(self, name):
         return getattr(self._inner, name)
 
     def generate(self, parts, on_text=None, stop=None):
-        self.retrieved.append(list(parts.retrieved))
+        self.parts.append(parts)
         return self._inner.generate(parts, on_text=on_text, stop=stop)
 
 
@@ -84,6 +85,7 @@ class NeedleResult:
     hit_rank: int  # 1-based rank of the first retrieved clip inside the needle shot; 0 = none
     keyframes: List[Tuple[float, int]]  # (stamp, pooling level) of each keyframe in the prompt
     needle_keyframes: int  # of those, inside the needle shot at full resolution (level 0)
+    memory_needle_full: int  # needle frames the prompt's memory still held at full resolution
     answer: str
     names_needle: bool
     error_code: int
@@ -125,11 +127,13 @@ def run_needle(recording: NeedleRecording, node_settings: Dict[str, dict],
     inside = lambda a, b: a < shot.end and b >= shot.start  # noqa: E731 -- overlaps the needle shot
     clips = list(final.extras.get("retrieved_clips", [])) if final is not None else []
     hit = next((i + 1 for i, c in enumerate(clips) if inside(c["start"], c["end"])), 0)
-    given = probe.retrieved[0] if probe.retrieved else []
-    keyframes = [(float(f.stamp), int(f.level)) for f in given]
+    parts = probe.parts[0] if probe.parts else None
+    keyframes = [(float(f.stamp), int(f.level)) for f in (parts.retrieved if parts else [])]
+    memory = [it for it in (parts.items if parts else []) if hasattr(it, "level")]
     text = final.text if final is not None else ""
     return NeedleResult(recording.seed, recording.needle.name, (shot.start, shot.end), clips, hit, keyframes,
                         sum(shot.start <= s < shot.end and level == 0 for s, level in keyframes),
+                        sum(shot.start <= f.stamp < shot.end and f.level == 0 for f in memory),
                         text, world.names_scene(text, recording.needle),
                         int(final.error_code) if final is not None else -1)
 

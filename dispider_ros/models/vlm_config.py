@@ -49,7 +49,7 @@ class ReactionVLMConfig:
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     frame_label: str = "{camera_id} {stamp:.1f}s"
     time_label: str = "{stamp:.1f}s"
-    retrieval_header: str = "Earlier clips relevant to the question:\n"
+    retrieval_header: str = "Earlier clips:\n"
 
     def __post_init__(self):
         if not isinstance(self.model, str) or not self.model.strip():

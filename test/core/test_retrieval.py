@@ -216,9 +216,9 @@ def test_retrieved_keyframes_reach_the_prompt_at_full_resolution_after_the_cache
             {"camera_id": "cam", "clip_index": 7, "start": 1.0, "end": 2.0, "score": 0.6, "keyframes": 0}]
         given = probe.parts[1].retrieved
         assert [f.frame_index for f in given] == [0, 8]  # the clip's 1st and 9th frames, in time order
-        for frame in given:  # as encoded: level 0, the encoder's very tokens, labelled with camera and time
+        for frame in given:  # as encoded: level 0, the encoder's very tokens, labelled with their time
             assert frame.level == 0 and torch.equal(frame.tokens, encoded[frame.frame_index].tokens)
-            assert frame.labelled and frame.named
+        assert [(f.labelled, f.named) for f in given] == [(True, True), (True, False)]  # camera named once
         assert all(f.level > 0 for f in probe.parts[1].items if getattr(f, "frame_index", -1) in (0, 8))
         assert retrieved.extras["frames_in_prompt"] == plain.extras["frames_in_prompt"] + 2
         assert retrieved.extras["history_span_sec"] == pytest.approx(19.5)
