@@ -26,6 +26,7 @@ LOG = logging.getLogger(__name__)
 Settings = Dict[str, Any]
 DECISION_FIELDS = ("trigger_threshold", "hysteresis", "cooldown_sec", "smoothing",
                    "max_query_chars", "max_queries_per_sec", "max_active_queries")
+DECISION_FIELDS += ("boundary_cooldown_sec",)  # narration (issue 15)
 
 
 # -- settings -> config objects (no models loaded) -----------------------------------------
