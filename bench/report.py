@@ -39,6 +39,11 @@ TARGETS = {
     # bench/semantic_answers.py: now-questions answered right, second half of a long stream
     "answer_accuracy_steady": ("Now-questions naming the evidence frame's photo, steady state",
                                ">= 0.90", lambda v: v >= 0.90, "x"),
+    # bench/narration.py: a boundary question over cut streams, trained tiny models
+    "narration_recall": ("Narration: cuts narrated (boundary question, cut streams)", ">= 0.90",
+                         lambda v: v >= 0.90, "x"),
+    "narration_precision": ("Narration: narrations within a clip after a cut", ">= 0.80",
+                            lambda v: v >= 0.80, "x"),
 }
 
 
@@ -267,6 +272,17 @@ def summarize(results: dict) -> dict:
             f"FIFO {arms['fifo']['accuracy']:.2f}, unbounded {arms['unbounded']['accuracy']:.2f} "
             f"({arms['ours']['questions']} questions over the second half of {sem['protocol']['frames']} "
             f"frames, budget {sem['protocol']['max_tokens']} tokens)")
+    if "narration" in s:  # bench/narration.py (trained tiny models)
+        nar = s["narration"]
+        before, rule = nar["cooldown_5s"], nar["ours"]["pre_fix_rule"]
+        results["narration_recall"] = nar["narration_recall"]
+        results["narration_precision"] = nar["narration_precision"]
+        baselines["narration_recall"] = (
+            f"5 s cooldown {before['recall']:.2f}; pre-fix rule (dropped) {rule['recall']:.2f} "
+            f"({nar['ours']['scored_cuts']} cuts, {len(nar['protocol']['seeds'])} streams)")
+        baselines["narration_precision"] = (
+            f"5 s cooldown {before['precision']:.2f}; pre-fix rule {rule['precision']:.2f}; "
+            f"ours {nar['ours']['merged']} merged, {nar['ours']['preempted']} pre-empted")
     results["baselines"] = baselines
     results["verdicts"] = verdicts(results)
     return results
