@@ -63,7 +63,7 @@ def main(argv=None) -> int:
                         help="first wait up to SEC seconds for a 1-minute load average < 0.5")
     parser.add_argument("--only", default="", help="comma list of sections: graph (= p1: P1/P2 through the three node "
                         "processes),p3,p4,p5,p6,intake,split (split needs root),smolvlm (SmolVLM2-256M shapes on CPU),"
-                        "semantic,retrieval")
+                        "semantic,retrieval,narration")
     args = parser.parse_args(argv)
     _env()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -141,6 +141,10 @@ def main(argv=None) -> int:
         from bench import retrieval
 
         section("retrieval", lambda: retrieval.run(args.quick))
+    if want("narration"):  # a boundary question misses no scene change (trained tiny models)
+        from bench import narration
+
+        section("narration", lambda: narration.run(args.quick))
 
     results["section_seconds"] = section_sec
     results["section_runs"] = {name: {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -44,6 +44,11 @@ TARGETS = {
                               lambda v: v >= 0.90, "x"),
     "retrieval_ttft_overhead": ("Steady TTFT p50 with retrieved clips / without", "<= 1.3",
                                 lambda v: v <= 1.3, "x"),
+    # bench/narration.py: a boundary question over cut streams, trained tiny models
+    "narration_recall": ("Narration: cuts narrated (boundary question, cut streams)", ">= 0.90",
+                         lambda v: v >= 0.90, "x"),
+    "narration_precision": ("Narration: narrations within a clip after a cut", ">= 0.80",
+                            lambda v: v >= 0.80, "x"),
 }
 
 
@@ -286,6 +291,17 @@ def summarize(results: dict) -> dict:
         baselines["retrieval_ttft_overhead"] = (
             f"without retrieval p50 {cost['ttft_ms']['without']['p50']} ms vs "
             f"{cost['ttft_ms']['with']['p50']} ms with; p95 x{cost['retrieval_ttft_overhead_p95']}")
+    if "narration" in s:  # bench/narration.py (trained tiny models)
+        nar = s["narration"]
+        before, rule = nar["cooldown_5s"], nar["ours"]["pre_fix_rule"]
+        results["narration_recall"] = nar["narration_recall"]
+        results["narration_precision"] = nar["narration_precision"]
+        baselines["narration_recall"] = (
+            f"5 s cooldown {before['recall']:.2f}; pre-fix rule (dropped) {rule['recall']:.2f} "
+            f"({nar['ours']['scored_cuts']} cuts, {len(nar['protocol']['seeds'])} streams)")
+        baselines["narration_precision"] = (
+            f"5 s cooldown {before['precision']:.2f}; pre-fix rule {rule['precision']:.2f}; "
+            f"ours {nar['ours']['merged']} merged, {nar['ours']['preempted']} pre-empted")
     results["baselines"] = baselines
     results["verdicts"] = verdicts(results)
     return results

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import List
 
 from bench import models
 from bench.common import distinct_frames, percentile

@@ -41,7 +41,8 @@ class DecisionConfig:
     """Every tunable of the decision core (all live-settable through set_config).
 
     Args:
-        trigger_threshold, hysteresis, cooldown_sec, smoothing: see policies.PolicyConfig.
+        trigger_threshold, hysteresis, cooldown_sec, smoothing, boundary_cooldown_sec: see
+            policies.PolicyConfig.
         max_query_chars, max_queries_per_sec, max_active_queries, on_duplicate: see
             queries.RegistryConfig.
         retrieval_k, retrieval_min_score, retrieval_max_clips: question-relevant clip
@@ -57,6 +58,7 @@ class DecisionConfig:
     hysteresis: float = schema.default("decision_node", "hysteresis")
     cooldown_sec: float = schema.default("decision_node", "cooldown_sec")
     smoothing: float = schema.default("decision_node", "smoothing")
+    boundary_cooldown_sec: float = schema.default("decision_node", "boundary_cooldown_sec")
     max_query_chars: int = schema.default("decision_node", "max_query_chars")
     max_queries_per_sec: float = schema.default("decision_node", "max_queries_per_sec")
     max_active_queries: int = schema.default("decision_node", "max_active_queries")
@@ -75,7 +77,8 @@ class DecisionConfig:
             raise ValueError(f"id_prefix {self.id_prefix!r} must be a printable string")
 
     def policy_config(self) -> PolicyConfig:
-        return PolicyConfig(self.trigger_threshold, self.hysteresis, self.cooldown_sec, self.smoothing)
+        return PolicyConfig(self.trigger_threshold, self.hysteresis, self.cooldown_sec, self.smoothing,
+                            boundary_cooldown_sec=self.boundary_cooldown_sec)
 
     def registry_config(self) -> RegistryConfig:
         return RegistryConfig(self.max_query_chars, self.max_queries_per_sec,

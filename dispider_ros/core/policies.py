@@ -2,8 +2,9 @@
 
 One interface, `Policy.observe(query, feature) -> Optional[float]`: the score that fired,
 or None. Per-camera state lives in `query.state[camera_id]`, so one policy object serves
-every query. Proactive policies (match, activation, boundary) share a trigger-storm
-guard: `cooldown_sec` of camera time between two triggers of one query on one camera.
+every query. Match and activation share a trigger-storm guard: `cooldown_sec` of camera
+time between two triggers of one query on one camera. Boundary (narration) has its own,
+`boundary_cooldown_sec`, and loses no scene change inside it (BoundaryPolicy).
 Match and activation also share a gate: the score is smoothed with an EMA
 (`smoothing` = weight of the past), fires when it reaches the threshold, and must fall
 below `threshold - hysteresis` before it can fire again. (Which mode an "auto" question
@@ -33,15 +34,19 @@ class PolicyConfig:
         hysteresis: in [0, 1): the score must drop below threshold - hysteresis to re-arm.
         cooldown_sec: camera seconds between triggers of one query on one camera, >= 0.
         smoothing: EMA weight of the past score in [0, 1) (0 = no smoothing).
+        boundary_cooldown_sec: camera seconds between two boundary triggers of one query on
+            one camera, >= 0 (BoundaryPolicy).
     """
 
     trigger_threshold: float = schema.default("decision_node", "trigger_threshold")
     hysteresis: float = schema.default("decision_node", "hysteresis")
     cooldown_sec: float = schema.default("decision_node", "cooldown_sec")
     smoothing: float = schema.default("decision_node", "smoothing")
+    boundary_cooldown_sec: float = schema.default("decision_node", "boundary_cooldown_sec")
 
     def __post_init__(self):
-        for name in ("trigger_threshold", "hysteresis", "cooldown_sec", "smoothing"):
+        for name in ("trigger_threshold", "hysteresis", "cooldown_sec", "smoothing",
+                     "boundary_cooldown_sec"):
             setattr(self, name, schema.check("decision_node", name, getattr(self, name)))
 
 
@@ -104,14 +109,29 @@ class NowPolicy(Policy):
 
 
 class BoundaryPolicy(Policy):
-    """Fires at clip boundaries (scene changes), subject to the cooldown."""
+    """Narration: fires at clip boundaries (scene changes) and loses none of them.
+
+    At most one trigger per `boundary_cooldown_sec` of camera time (flooding stays bounded);
+    a boundary inside the cooldown is remembered and fires on the first feature once the
+    cooldown has passed, one trigger for every boundary met meanwhile (merged). The trigger
+    then carries that feature's clip (the newest scene). With the default cooldown (the
+    shipped minimum clip length) two boundaries are never closer than it, so each fires on
+    its own frame.
+    """
 
     name = "boundary"
 
     def observe(self, query, feature):
         state = self.state(query, feature.camera_id)
-        if feature.clip_boundary and self._cooled_down(state, feature.stamp):
-            state["last_fire"] = feature.stamp
+        if feature.clip_boundary:
+            state["pending"] = state.get("pending", 0) + 1
+        # 1 us of slack: sampled stamps like 6.1 - 5.1 fall a hair short of a 1.0 s cooldown
+        if state.get("pending") and \
+                feature.stamp - state.get("last_fire", -math.inf) >= self.config.boundary_cooldown_sec - 1e-6:
+            if state["pending"] > 1 or not feature.clip_boundary:
+                LOG.debug("query %r: %d scene change(s) from the cooldown narrated at %.3f",
+                          query.query_id, state["pending"], feature.stamp)
+            state["pending"], state["last_fire"] = 0, feature.stamp
             return 1.0
         return None
 

@@ -23,6 +23,13 @@ Scheduling policy:
   still ends with a final event (partial text, ErrorCode.PREEMPTED) and is not added to
   memory. A newer trigger for a query that is only waiting in the queue takes the waiting
   one's place (it inherits what that one would have revised).
+- Narration is the exception: a newer boundary trigger (policy "boundary", not a revision)
+  of the same query narrates a different scene, so it never stops the query's running
+  narration: it waits in the queue. One that finds an older boundary trigger of its query
+  still waiting replaces it (so a narration's queue share stays one): the replaced one
+  ends with TRIGGER_SUPERSEDED, and the newer one's final lists in
+  extras["merged_trigger_ids"] every trigger it stands for, oldest first, so no scene
+  change is lost without a trace and flooding stays bounded.
 - Every trigger gets exactly one final ResponseEvent: dropped and superseded triggers get
   one with an error code (TRIGGER_DROPPED, TRIGGER_SUPERSEDED), so a run record stays
   complete; close() ends the running and waiting ones with SHUTDOWN.
@@ -167,6 +174,7 @@ class _Job:
     preempted_by: str = ""  # the newer trigger's id (may be ""; `preempted` says whether)
     preempted: bool = False
     canceled: bool = False  # its query was canceled: stop, final CANCELED
+    merged: List[str] = field(default_factory=list)  # narration: waiting triggers it replaced
 
 
 def response_id(trigger_id: str) -> str:
@@ -301,6 +309,8 @@ class ReactionEngine:
         if not isinstance(trigger, TriggerEvent):
             raise TypeError(f"submit needs a TriggerEvent, got {type(trigger).__name__}")
         job = _Job(trigger, response_id(trigger.trigger_id), time.perf_counter())
+        # a narration trigger narrates its own scene: it never pre-empts its query's answer
+        narration = trigger.policy == "boundary" and not trigger.revises_trigger_id
         orphans: List[tuple] = []  # (job, code, error) finished without running, emitted unlocked
         with self._cond:
             if self._closing:
@@ -315,7 +325,7 @@ class ReactionEngine:
                 self.counts["canceled"] += 1
                 orphans.append((job, ErrorCode.CANCELED, f"query {trigger.query_id} canceled"))
             elif self.config.preempt_same_query and current is not None and same(current) \
-                    and not current.stop.is_set():
+                    and not current.stop.is_set() and not narration:
                 current.preempted_by, current.preempted = trigger.trigger_id, True
                 current.stop.set()
                 job.revises = current.response_id
@@ -331,6 +341,8 @@ class ReactionEngine:
             elif waiting is not None:
                 stale = self._queue[waiting]
                 job.revises = stale.revises
+                if narration:  # stands for the waiting narration's scene changes too
+                    job.merged = stale.merged + [stale.trigger.trigger_id]
                 self._queue[waiting] = job
                 self.counts["superseded"] += 1
                 orphans.append((stale, ErrorCode.TRIGGER_SUPERSEDED,
@@ -597,6 +609,8 @@ class ReactionEngine:
         clips = [dict(dataclasses.asdict(c), keyframes=0) for c in job.trigger.retrieved]
         extras = {**answer_cost([], job.trigger.camera_id, job.trigger.stamp),
                   "retrieved_clips": clips, **(extras or {})}
+        if job.merged:
+            extras["merged_trigger_ids"] = list(job.merged)
         self._emit(self._event(job, text, final=True, sequence=sequence, ttft_sec=ttft,
                                token_count=token_count, error_code=code, error=error,
                                extras=extras))

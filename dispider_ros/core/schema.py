@@ -119,7 +119,14 @@ DECISION = _common("decision_node", "SigLIP/CLIP checkpoint whose text tower sco
     Param("hysteresis", 0.1, "a fired query re-arms after its score falls below threshold "
           "minus this", 0.0, 0.99, live=True),
     Param("cooldown_sec", 5.0, "camera seconds after a trigger before the same query may "
-          "fire again", 0.0, 3600.0, live=True),
+          "fire again (match and activation queries; boundary queries use "
+          "boundary_cooldown_sec)", 0.0, 3600.0, live=True),
+    # -- narration (boundary mode): no scene change lost
+    Param("boundary_cooldown_sec", 1.0, "camera seconds between two narrations (boundary "
+          "triggers) of one query on one camera; a scene change inside it is not lost: it "
+          "fires when the cooldown ends, merged with any other change meanwhile. Default = "
+          "the shipped minimum clip length (perception min_clip_frames 2 / sample_fps 2), so "
+          "every clip boundary fires on its own frame", 0.0, 3600.0, live=True),
     Param("smoothing", 0.5, "EMA weight of the past score (0 = no smoothing)", 0.0, 0.99,
           live=True),
     Param("max_query_chars", 2000, "longer queries are rejected", 1, 100000, live=True),
@@ -171,7 +178,9 @@ REACTION = _common("reaction_node", "video-LLM answering triggers (Qwen2-VL, Qwe
           "suppressed before); at most max_new_tokens", 0, 8192, live=True),
     Param("temperature", 0.0, "sampling temperature; 0 = greedy", 0.0, 5.0, live=True),
     Param("preempt_same_query", True, "a newer trigger for a query stops its stale answer "
-          "(the new answer names the one it revises)"),
+          "(the new answer names the one it revises); a boundary (narration) trigger never "
+          "stops its query's running narration: it waits, and replaces a waiting one of its "
+          "query (merged)"),
     Param("overlay", False, "publish `overlay` (sensor_msgs/Image, rgb8, the frame's header): "
           "each sampled frame with the questions, the last trigger and the streaming answer "
           "drawn on it, for RViz and Foxglove (about 0.5 ms per 640x480 frame)"),

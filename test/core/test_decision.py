@@ -127,7 +127,7 @@ def test_hysteresis_and_cooldown_hold():
 
 
 def test_expiry_limits_cameras_cancel_and_unique_ids():
-    core, _ = make_core(cooldown_sec=0.0)
+    core, _ = make_core(cooldown_sec=0.0, boundary_cooldown_sec=0.0)  # boundaries 0.5 s apart
     core.add_query(QuerySpec("exp", "narrate", expiry_sec=2.0, stamp=10.0), now_stamp=10.0)
     core.add_query(QuerySpec("two", "guide me", max_responses=2, cameras=("cam",)), now_stamp=10.0)
     core.add_query(QuerySpec("rear", "guide me", cameras=("rear",)), now_stamp=10.0)
@@ -213,6 +213,29 @@ def test_live_config_applies_at_once_and_bad_values_change_nothing():
     assert core.config.trigger_threshold == 0.6 and core.config.hysteresis == 0.1
     with pytest.raises(ValueError, match="max_queries_per_sec -1"):
         core.set_config(max_queries_per_sec=-1)
+
+
+def test_narration_fires_on_every_scene_change_and_its_cooldown_is_live():
+    """boundary_cooldown_sec (default: the minimum clip length) paces narration; a change
+    inside it fires when it ends, carrying the clip of the newest change."""
+    core, _ = make_core()  # shipped cooldown_sec 5: it must not hold narration back
+    core.add_query(QuerySpec("n", "Narrate what happens step by step."), now_stamp=0.0)
+    cuts = [(1.0, 1), (2.0, 2), (3.5, 3), (4.5, 4)]  # a clip apart: each narrated on its frame
+    fired = [t for stamp, clip in cuts for t in core.on_feature(
+        FrameFeature("cam", stamp, int(stamp * 2), clip, True, 0.3, stamp, SCENE_A))]
+    assert [(t.policy, t.stamp, t.clip_index, t.clip_start) for t in fired] == \
+        [("boundary", s, c, s) for s, c in cuts]
+    core.set_config(boundary_cooldown_sec=3.0)
+    assert core.config.boundary_cooldown_sec == 3.0 and core.config.cooldown_sec == 5.0
+    stream_ = [(8.0, 5, True), (9.0, 6, True), (10.0, 7, True), (10.5, 7, False), (11.0, 7, False)]
+    fired = [t for stamp, clip, cut in stream_ for t in core.on_feature(
+        FrameFeature("cam", stamp, int(stamp * 2), clip, cut, 0.3, 10.0 if clip == 7 else stamp, SCENE_A))]
+    # 8.0 fires; 9.0 and 10.0 wait; 11.0 (3 s later) narrates both, in clip 7 from 10.0
+    assert [(t.stamp, t.clip_index, t.clip_start, t.clip_end) for t in fired] == \
+        [(8.0, 5, 8.0, 8.0), (11.0, 7, 10.0, 11.0)]
+    with pytest.raises(ValueError, match="boundary_cooldown_sec -1"):
+        core.set_config(boundary_cooldown_sec=-1.0)
+    assert core.config.boundary_cooldown_sec == 3.0
 
 
 def test_concurrent_calls_are_serialised():

@@ -39,11 +39,45 @@ def test_now_fires_once_per_camera():
     assert policy.observe(q, feature(1.5, camera="other")) == 1.0
 
 
-def test_boundary_fires_at_boundaries_with_cooldown():
-    policy, q = BoundaryPolicy(PolicyConfig(cooldown_sec=2.0)), query("boundary")
-    fired = [t for t, b in [(0, False), (1, True), (2, False), (2.5, True), (3.0, True), (4, False)]
-             if policy.observe(q, feature(t, boundary=b)) is not None]
-    assert fired == [1, 3.0]
+def boundary_fires(config, timeline):
+    policy, q = BoundaryPolicy(config), query("boundary")
+    return [t for t, b in timeline if policy.observe(q, feature(t, boundary=b)) is not None]
+
+
+@pytest.mark.parametrize("timeline, fired", [
+    # no change, no narration
+    ([(0, False), (1, False), (2, False)], []),
+    # a change inside the cooldown is not lost: it fires on the first frame after the cooldown
+    ([(0, False), (1, True), (2, False), (2.5, True), (2.9, False), (3.0, False), (4, False)], [1, 3.0]),
+    # two changes inside one cooldown: one trigger for both (merged), on the frame it ends
+    ([(1, True), (1.5, True), (2.5, True), (2.8, False), (3.2, False), (6, False)], [1, 3.2]),
+    # a change right when the cooldown ends fires on its own frame
+    ([(1, True), (3.0, True), (5.5, True)], [1, 3.0, 5.5]),
+])
+def test_boundary_loses_no_change_inside_its_cooldown(timeline, fired):
+    assert boundary_fires(PolicyConfig(cooldown_sec=100.0, boundary_cooldown_sec=2.0), timeline) == fired
+
+
+def test_boundary_uses_its_own_cooldown_not_cooldown_sec():
+    timeline = [(t, True) for t in (1.0, 1.5, 2.0)]
+    assert boundary_fires(PolicyConfig(cooldown_sec=100.0, boundary_cooldown_sec=0.0), timeline) == [1.0, 1.5, 2.0]
+
+
+def test_boundaries_a_minimum_clip_apart_each_fire_on_their_own_frame():
+    """The default cooldown is the shipped minimum clip length (min_clip_frames 2 at 2 fps):
+    sampled stamps a clip apart (6.1 - 5.1 is a hair under 1.0 in floating point) all fire."""
+    assert PolicyConfig().boundary_cooldown_sec == 1.0
+    stamps = [5.1, 6.1, 7.1, 9.3, 10.3]
+    timeline = sorted([(t, True) for t in stamps] + [(t + 0.5, False) for t in stamps])
+    assert boundary_fires(PolicyConfig(), timeline) == stamps
+
+
+def test_a_boundary_storm_fires_at_most_once_per_cooldown_and_loses_nothing():
+    timeline = [(k * 0.25, True) for k in range(400)]  # a "scene change" every frame, 100 s
+    fired = boundary_fires(PolicyConfig(boundary_cooldown_sec=1.0), timeline)
+    assert fired == [float(k) for k in range(100)]  # bounded: one a second
+    # none lost: every change is followed within a cooldown by a trigger standing for it
+    assert all(any(0 <= f - t <= 1.0 for f in fired) for t, _ in timeline[:-3])
 
 
 def scores_to_fires(policy, q, cos_values, dt=0.5):
@@ -115,6 +149,7 @@ def test_activation_policy_uses_the_head_and_the_same_gate():
     ({"hysteresis": 1.0}, "hysteresis 1.0"),
     ({"smoothing": -0.1}, "smoothing -0.1"),
     ({"cooldown_sec": math.inf}, "cooldown_sec inf"),
+    ({"boundary_cooldown_sec": -1.0}, "boundary_cooldown_sec -1.0"),
 ])
 def test_policy_config_errors_name_the_value(kwargs, match):
     with pytest.raises(ValueError, match=match):

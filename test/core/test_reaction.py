@@ -1,4 +1,5 @@
 """Reaction engine on the tiny Qwen2-VL: streaming, pre-emption, errors, non-blocking ingest."""
+import dataclasses
 import math
 import threading
 import time
@@ -166,6 +167,56 @@ def test_newer_trigger_for_same_query_preempts_and_names_the_revised_answer(engi
     assert engine.wait_idle(WAIT)
     answers = [it.text for it in engine.memory.snapshot() if isinstance(it, DialogueTurn) and it.role == "assistant"]
     assert answers == [fresh.text, b.text]  # the stale partial answer is not remembered
+
+
+def narration(n, stamp, query="N"):
+    return dataclasses.replace(trigger(n, query=query, stamp=stamp), policy="boundary",
+                               query_text="Narrate what happens step by step.")
+
+
+def test_a_newer_narration_waits_for_the_running_one_and_merges_with_a_waiting_one(engine_factory, vlm):
+    """Each boundary trigger narrates another scene: the running narration is not stopped;
+    waiting ones of the query merge into the newest (bounded), each still gets one final."""
+    engine, sink = engine_factory()
+    for i in range(4):
+        engine.ingest(frame(i))
+    with decoder_gate(vlm) as (reached, release):
+        first = engine.submit(narration(1, 1.0))
+        assert reached.wait(WAIT)
+        other = engine.submit(trigger(2, query="B"))  # another query waits its turn
+        waiting = [engine.submit(narration(n, float(n))) for n in range(3, 13)]  # 10 scene changes
+        assert engine.stats()["queue_depth"] == 2  # B and one narration: bounded
+        superseded = [sink.wait_final(r) for r in waiting[:-1]]
+        release.set()
+        running, b, merged = (sink.wait_final(r) for r in (first, other, waiting[-1]))
+    assert all(f.error_code == ErrorCode.TRIGGER_SUPERSEDED for f in superseded)
+    assert [f.error for f in superseded] == [f"superseded by trigger t{n + 1}" for n in range(3, 12)]
+    assert running.error_code == ErrorCode.OK and running.token_count == 24  # not pre-empted
+    assert running.extras["stop_reason"] == "max_new_tokens" and "merged_trigger_ids" not in running.extras
+    assert merged.error_code == ErrorCode.OK and merged.revises_response_id == ""
+    assert merged.extras["merged_trigger_ids"] == [f"t{n}" for n in range(3, 12)]  # oldest first
+    assert b.error_code == ErrorCode.OK
+    order = [e.response_id for e in sink.finals()]
+    assert order == waiting[:-1] + [first, other, waiting[-1]]  # the merged one kept its place
+    stats = engine.stats()
+    assert (stats["preempted"], stats["superseded"], stats["answered"]) == (0, 9, 3)
+    assert len(sink.finals()) == 12  # every trigger got exactly one final
+
+
+def test_other_policies_and_narration_revisions_still_preempt(engine_factory, vlm):
+    engine, sink = engine_factory()
+    engine.ingest(frame(0))
+    for first_id, newer in ((1, trigger(2, query="N")),  # a now/match trigger of the query
+                            (3, dataclasses.replace(narration(4, 0.0), revises_trigger_id="t3"))):
+        with decoder_gate(vlm) as (reached, release):
+            first = engine.submit(narration(first_id, 0.0))
+            assert reached.wait(WAIT)
+            second = engine.submit(newer)
+            release.set()
+            stale, fresh = sink.wait_final(first), sink.wait_final(second)
+        assert stale.error_code == ErrorCode.PREEMPTED and fresh.revises_response_id == stale.response_id
+        assert fresh.error_code == ErrorCode.OK
+        assert engine.wait_idle(WAIT)
 
 
 def test_queue_overflow_drops_oldest_and_waiting_revisions_are_superseded(engine_factory, vlm, caplog):

@@ -66,10 +66,10 @@ def test_synchronised_cameras_looping_move_a_query_timer_once():
 
 
 def test_boundary_cooldown_from_the_old_timeline_does_not_block_the_new_one():
-    core = DecisionCore(DecisionConfig(cooldown_sec=30.0))
+    core = DecisionCore(DecisionConfig(boundary_cooldown_sec=30.0))
     core.add_query(QuerySpec("b", "narrate", mode="boundary"), 0.0)
     assert core.on_feature(feature(100.0, boundary=True))
-    assert not core.on_feature(feature(110.0, boundary=True))  # cooling down
+    assert not core.on_feature(feature(110.0, boundary=True))  # cooling down (kept for later)
     assert core.on_feature(feature(2.0, boundary=True))  # loop: cooldown forgotten
 
 

@@ -45,9 +45,9 @@ def Sink():
     return Collector(timeout=WAIT)
 
 
-def trigger(trigger_id, query_id="q", text="What is here?", camera="cam", stamp=1.0):
+def trigger(trigger_id, query_id="q", text="What is here?", camera="cam", stamp=1.0, policy="now"):
     return TriggerEvent(trigger_id=trigger_id, query_id=query_id, query_text=text, camera_id=camera,
-                        policy="now", score=1.0, stamp=stamp, frame_index=0, clip_index=0,
+                        policy=policy, score=1.0, stamp=stamp, frame_index=0, clip_index=0,
                         clip_start=0.0, clip_end=stamp)
 
 
@@ -60,7 +60,8 @@ TEXTS = st.one_of(st.sampled_from(["What is here?", "", " ", "<|im_end|><|im_sta
                                    "\U0001F600?"]), st.text(max_size=30))
 CAMERAS = st.sampled_from(["cam", "cam", "unknown", ""])
 STAMPS = st.one_of(st.floats(0, 10), st.sampled_from([math.nan, math.inf, -math.inf, -1.0, 1e18]))
-STORM = st.lists(st.tuples(TRIGGER_IDS, QUERY_IDS, TEXTS, CAMERAS, STAMPS, st.booleans()),
+POLICIES = st.sampled_from(["now", "boundary", "boundary", "match"])  # boundary: narration queues
+STORM = st.lists(st.tuples(TRIGGER_IDS, QUERY_IDS, TEXTS, CAMERAS, STAMPS, st.booleans(), POLICIES),
                  min_size=3, max_size=60)
 
 
@@ -74,10 +75,10 @@ def test_every_trigger_of_a_storm_gets_exactly_one_final(vlm, storm, max_queue, 
                             sink, vlm=vlm)
     try:
         submitted = Counter()
-        for n, (trigger_id, query_id, text, camera, stamp, with_frame) in enumerate(storm):
+        for n, (trigger_id, query_id, text, camera, stamp, with_frame, policy) in enumerate(storm):
             if with_frame:
                 engine.ingest(Frame("cam", float(n), n, IMAGE))
-            engine.submit(trigger(trigger_id, query_id, text, camera, stamp))
+            engine.submit(trigger(trigger_id, query_id, text, camera, stamp, policy))
             submitted[f"resp-{trigger_id}"] += 1
             assert engine.stats()["queue_depth"] <= max_queue
         sink.wait_finals(len(storm))
