@@ -25,7 +25,8 @@ LOG = logging.getLogger(__name__)
 
 Settings = Dict[str, Any]
 DECISION_FIELDS = ("trigger_threshold", "hysteresis", "cooldown_sec", "smoothing",
-                   "max_query_chars", "max_queries_per_sec", "max_active_queries")
+                   "max_query_chars", "max_queries_per_sec", "max_active_queries",
+                   "revise_answers", "revise_window_sec")
 
 
 # -- settings -> config objects (no models loaded) -----------------------------------------

@@ -131,6 +131,16 @@ DECISION = _common("decision_node", "SigLIP/CLIP checkpoint whose text tower sco
           "reaction node) for this long: the reaction node is down, unreachable or stalled. "
           "Keep it above the slowest first token (queue wait, evidence wait, prefill)",
           0.5, 3600.0, live=True),
+    # -- revision (issue 15): an answer is answered again when its evidence changes
+    Param("revise_answers", True, "revise an answer when the evidence changes within "
+          "revise_window_sec after its trigger (a clip boundary on its camera; a match or "
+          "activation score falling below threshold minus hysteresis): the question is answered "
+          "again with the new frames, naming the revised answer (revises_response_id); a "
+          "query's own `revise` field overrides it", live=True),
+    Param("revise_window_sec", 2.0, "camera seconds after a trigger during which a change of "
+          "evidence revises its answer (one revision per answer); an `ask` goal whose query "
+          "completed stays open this long (camera or wall clock, whichever passes first) to "
+          "report a revision", 0.0, 60.0, live=True),
 )
 
 REACTION = _common("reaction_node", "video-LLM answering triggers (Qwen2-VL, Qwen2.5-VL, "

@@ -9,7 +9,8 @@ The lines are exactly the prediction records `score_cli` reads (fields documente
                      abs_stamp (camera clock)
     type "trigger"   query_id, trigger_id, stamp, camera_id, policy, score, frame_index,
                      clip_index, clip_start, abs_stamp, clock_stamp (the camera clock when
-                     the trigger was made: later than stamp for a query answered at once)
+                     the trigger was made: later than stamp for a query answered at once);
+                     a revision also has revises_trigger_id and revision_reason
     type "response"  query_id, trigger_id, response_id, stamp (of the evidence), text,
                      final, sequence, ttft_sec, emit_stamp, token_count, error_code (the
                      Response.msg constant; 0 = answered), error, revises_response_id,
@@ -18,7 +19,8 @@ The lines are exactly the prediction records `score_cli` reads (fields documente
                      `core.types`): prompt_tokens, reused_tokens (KV cache reused),
                      prefill_tokens, frames_in_prompt, history_span_sec (camera s from the
                      oldest frame of the trigger's camera in the prompt to the evidence;
-                     null = none); 0/null for an answer that never reached the model
+                     null = none); 0/null for an answer that never reached the model; a
+                     revision's final also has revision_reason (clip_boundary | score_drop)
     type "run"       event "start" (mode, bag, annotations, t0, settings) or "end"
                      (system figures: sampled fps, drops, peak memory, speed); score_cli
                      skips these lines
