@@ -348,7 +348,7 @@ class AskClient:
         """
         goal = self._goal_type(text=text, mode=mode, cameras=list(cameras),
                                max_responses=int(max_responses), expiry_sec=float(expiry_sec),
-                               threshold=float(threshold), revise=_REVISE[revise])
+                               threshold=float(threshold), revise=_revise_field(revise))
         handle = AskHandle(self, on_trigger, on_chunk, on_answer, on_feedback, on_done)
         future = self._action.send_goal_async(goal, feedback_callback=handle._on_feedback)
         future.add_done_callback(handle._on_goal_response)
@@ -399,6 +399,12 @@ class AskClient:
     def cancel(self, handle: AskHandle, wait: bool = True, timeout: float = 30.0) -> Optional[AskResult]:
         """Cancel a question sent with ask_async (see AskHandle.cancel)."""
         return handle.cancel(wait=wait, timeout=timeout)
+
+
+def _revise_field(revise: Optional[bool]) -> int:
+    if revise is not None and not isinstance(revise, bool):
+        raise ValueError(f"revise {revise!r} must be True, False or None")
+    return _REVISE[revise]
 
 
 def _enum(kind, value, fallback):

@@ -14,10 +14,10 @@ Revision (MOSS-Video-Preview: an answer is revised when new evidence appears): a
 of a query with revision on (`QuerySpec.revise`, else `revise_answers`) stays revisable
 until `revise_window_sec` of its camera's time has passed - also when it completed the
 query (a `now` question leaves the registry at once), so revisable answers are kept apart
-from the registry: the newest per (query, camera), at most REVISABLE_KEPT. A later feature
-of that camera inside the window revises it when
-  - it starts a new clip (`clip_boundary`; not for boundary-mode queries, whose next
-    narration is the update), or
+from the registry: the newest per (query, camera), at most REVISABLE_KEPT. Boundary-mode
+answers are never revisable: their next narration, at the next clip boundary, is the
+update. A later feature of that camera inside the window revises an answer when
+  - it starts a new clip (`clip_boundary`), or
   - the query's smoothed match/activation score has fallen below threshold - hysteresis
     (the evidence that fired it is gone; reason "score_drop").
 A revision is a TriggerEvent with `revises_trigger_id` and `revision_reason` and the new
@@ -328,8 +328,8 @@ class DecisionCore:
             return None
 
     def _remember_revisable(self, query: ActiveQuery, event: TriggerEvent) -> None:
-        if not self.revises(query) or self.config.revise_window_sec <= 0.0:
-            return
+        if query.mode == "boundary" or not self.revises(query) or self.config.revise_window_sec <= 0.0:
+            return  # (a narration's next trigger is its update: nothing would revise it)
         key = (query.query_id, event.camera_id)
         self._revisable.pop(key, None)  # its newer answer replaces (and revises) the older one
         self._revisable[key] = _Revisable(event, query, event.stamp + self.config.revise_window_sec)
@@ -349,7 +349,7 @@ class DecisionCore:
                 del self._revisable[key]  # window over, or the question is gone or turned off
                 continue
             reason, score = "", 1.0
-            if feature.clip_boundary and query.mode != "boundary":
+            if feature.clip_boundary:
                 reason = "clip_boundary"
             elif query.mode in GATED_MODES:
                 score = self._smoothed(query, feature)

@@ -459,6 +459,7 @@ def test_boundary_queries_are_not_revised_on_clip_boundaries_and_canceled_querie
     core, _ = make_core(cooldown_sec=10.0)
     core.add_query(QuerySpec("narr", "narrate", mode="boundary"), now_stamp=0.0)
     (first,) = core.on_feature(feature(1.0, boundary=True, clip=1))
+    assert core.revision_deadline(first.trigger_id) is None  # its next narration is the update
     assert core.on_feature(feature(1.5, boundary=True, clip=2)) == []  # cooldown; and no revision
     core.on_feature(feature(2.0))
     core.add_query(QuerySpec("now", "what is this?", mode="now"), now_stamp=2.0)
