@@ -41,9 +41,10 @@ def cut_run():
             with lock:
                 finals[event.trigger_id] = event
 
-    shots, feed = world.cut_stream(SEED, FRAMES / sem.FPS, fps=sem.FPS, size=sem.FRAME_SIZE)
-    before_cut = {round(s.end - 1 / sem.FPS, 3) for s in shots[:-1]}  # each shot's last frame
-    calm = {round(s.start + 1.0, 3) for s in shots if s.end - s.start >= window + 2.0}
+    seconds, step = FRAMES / sem.FPS, 1 / sem.FPS
+    shots, feed = world.cut_stream(SEED, seconds, fps=sem.FPS, size=sem.FRAME_SIZE)
+    shot_at = lambda stamp: next((s for s in shots if s.start <= stamp < s.end), None)  # noqa: E731
+    calm_shots = set()
     comp = compose.build_graph(settings, on_response, answer_timeout_sec=120.0, id_prefix="rev")
     asked, revisions = {}, {}
     try:
@@ -52,7 +53,13 @@ def cut_run():
             for trigger in comp.graph.offer(CAM, t, image):
                 if trigger.revises_trigger_id:
                     revisions[trigger.revises_trigger_id] = trigger
-            kind = "cut" if round(t, 3) in before_cut else "calm" if round(t, 3) in calm else ""
+            shot = shot_at(t)
+            kind = ""
+            if t + step < seconds and shot_at(t + step) is not shot:  # the shot's last frame
+                kind = "cut"
+            elif shot_at(t - 1.0) is shot is shot_at(t + window + step) and shot not in calm_shots:
+                kind = "calm"  # 1 s into a shot that lasts past the window: no cut to revise
+                calm_shots.add(shot)
             if kind:
                 (trigger,) = comp.graph.ask(QuerySpec(f"{kind}-{n}", world.NOW_QUESTION, mode="now",
                                                       stamp=t), t)
@@ -61,7 +68,6 @@ def cut_run():
     finally:
         comp.close()
         torch.set_num_threads(threads)
-    shot_at = lambda stamp: next(s for s in shots if s.start <= stamp < s.end)  # noqa: E731
     return asked, revisions, finals, shot_at, window
 
 
