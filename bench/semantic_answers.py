@@ -153,7 +153,8 @@ def run_stream(node_settings: Dict[str, dict], streams: Dict[str, int], frames: 
         streams: {camera id: cut_stream seed}.
         wrap: applied to the loaded reaction VLM before the stream (a deliberate breakage).
     Returns:
-        (answers, reaction stats at the end).
+        (answers to the questions, reaction stats at the end plus the decision's `revisions`:
+        answers revised by a cut soon after them, answered too but not in `answers`).
     """
     from dispider_ros import compose, world
     from dispider_ros.core.types import QuerySpec
@@ -198,6 +199,7 @@ def run_stream(node_settings: Dict[str, dict], streams: Dict[str, int], frames: 
             answers.append(Answer(trig.camera_id, trig.stamp, trig.frame_index, shot.scene.name, text,
                                   world.names_scene(text, shot.scene)))
         stats = engine.stats()
+        stats["revisions"] = comp.graph.decision.stats()["revisions"]  # answers revised at a cut
     finally:
         comp.close()
     return answers, stats

@@ -17,6 +17,14 @@ By default the client runs its own ROS context and spins it on a background thre
 its blocking calls work from any plain script. Pass `node=` to use a node you spin
 yourself (a MultiThreadedExecutor, or a thread other than the one that blocks).
 Callbacks run on the spinning thread: keep them short and never block in them.
+
+Revisions: when the evidence changes shortly after an answer (a scene cut; a match that
+stops matching), the assistant answers again; that answer's chunks and final carry
+`revises_response_id` (the answer it replaces), `AskResult.text` is the newest complete
+answer (the revision when there is one) and `AskResult.revisions` lists them. A `now`
+question with revision on therefore ends the decision node's `revise_window_sec` after
+its answer (camera or wall clock, whichever first); pass `revise=False` to end it at the
+answer, or take the answer from `on_answer`/`stream()` as soon as it arrives.
 """
 from __future__ import annotations
 
@@ -31,6 +39,7 @@ from dispider_ros.core.asks import Outcome
 from dispider_ros.core.types import ErrorCode
 
 _STATUS = {4: "succeeded", 5: "canceled", 6: "aborted"}  # action_msgs/GoalStatus values
+_REVISE = {None: 0, True: 1, False: 2}  # Query.REVISE_DEFAULT / REVISE_ON / REVISE_OFF
 
 
 class AskError(RuntimeError):
@@ -62,6 +71,7 @@ class Chunk:
     sequence: int  # chunk number of this answer, from 0
     token_count: int  # tokens generated so far
     ttft_sec: float  # trigger receipt -> first token, seconds
+    revises_response_id: str = ""  # a revision's chunk: the answer it replaces
 
 
 @dataclass
@@ -86,9 +96,14 @@ class AskResult:
 
     @property
     def text(self) -> str:
-        """The latest complete answer ("" when there is none)."""
+        """The latest complete answer ("" when there is none): a revision when there is one."""
         answers = self.answers
         return answers[-1] if answers else ""
+
+    @property
+    def revisions(self) -> List:
+        """The finals that revise an earlier answer (revises_response_id names it), in order."""
+        return [r for r in self.responses if r.revises_response_id]
 
 
 class AskHandle:
@@ -185,7 +200,8 @@ class AskHandle:
                 self._streamed[r.response_id] = feedback.text_so_far
             if on_chunk is not None:
                 on_chunk(Chunk(r.text, feedback.text_so_far, r.response_id, r.trigger_id,
-                               r.query_id, r.sequence, r.token_count, r.ttft_sec))
+                               r.query_id, r.sequence, r.token_count, r.ttft_sec,
+                               r.revises_response_id))
         elif feedback.kind == feedback.KIND_FINAL:
             with self._lock:
                 self._finals_seen.add(feedback.response.response_id)
@@ -226,7 +242,7 @@ class AskHandle:
                     and final.text.startswith(streamed):
                 on_chunk(Chunk(final.text[len(streamed):], final.text, final.response_id,
                                final.trigger_id, final.query_id, final.sequence,
-                               final.token_count, final.ttft_sec))
+                               final.token_count, final.ttft_sec, final.revises_response_id))
             if on_answer is not None:
                 on_answer(final)
 
@@ -312,7 +328,7 @@ class AskClient:
     # -- asking ----------------------------------------------------------------------------
     def ask_async(self, text: str, mode: str = "", cameras: Sequence[str] = (),
                   max_responses: int = 0, expiry_sec: float = 0.0, threshold: float = 0.0,
-                  on_trigger: Optional[Callable] = None, on_chunk: Optional[Callable[[Chunk], None]] = None,
+                  revise: Optional[bool] = None, on_trigger: Optional[Callable] = None, on_chunk: Optional[Callable[[Chunk], None]] = None,
                   on_answer: Optional[Callable] = None, on_feedback: Optional[Callable] = None,
                   on_done: Optional[Callable[[AskHandle], None]] = None) -> AskHandle:
         """Send a question and return at once.
@@ -320,7 +336,10 @@ class AskClient:
         Args:
             text, mode, cameras, max_responses, expiry_sec, threshold: the goal (Ask.action;
                 mode "" = inferred from the text, see the README).
-            on_trigger: called with each dispider_ros/Trigger of the question (an answer is coming).
+            revise: revise answers when the evidence changes (True/False); None = the
+                decision node's revise_answers parameter.
+            on_trigger: called with each dispider_ros/Trigger of the question (an answer is
+                coming; a revision's names the trigger it revises in revises_trigger_id).
             on_chunk: called with each streamed Chunk.
             on_answer: called with each final dispider_ros/Response (a proactive question
                 gives several).
@@ -329,7 +348,7 @@ class AskClient:
         """
         goal = self._goal_type(text=text, mode=mode, cameras=list(cameras),
                                max_responses=int(max_responses), expiry_sec=float(expiry_sec),
-                               threshold=float(threshold))
+                               threshold=float(threshold), revise=_revise_field(revise))
         handle = AskHandle(self, on_trigger, on_chunk, on_answer, on_feedback, on_done)
         future = self._action.send_goal_async(goal, feedback_callback=handle._on_feedback)
         future.add_done_callback(handle._on_goal_response)
@@ -380,6 +399,12 @@ class AskClient:
     def cancel(self, handle: AskHandle, wait: bool = True, timeout: float = 30.0) -> Optional[AskResult]:
         """Cancel a question sent with ask_async (see AskHandle.cancel)."""
         return handle.cancel(wait=wait, timeout=timeout)
+
+
+def _revise_field(revise: Optional[bool]) -> int:
+    if revise is not None and not isinstance(revise, bool):
+        raise ValueError(f"revise {revise!r} must be True, False or None")
+    return _REVISE[revise]
 
 
 def _enum(kind, value, fallback):

@@ -26,7 +26,8 @@ LOG = logging.getLogger(__name__)
 Settings = Dict[str, Any]
 DECISION_FIELDS = ("trigger_threshold", "hysteresis", "cooldown_sec", "smoothing",
                    "max_query_chars", "max_queries_per_sec", "max_active_queries",
-                   "boundary_cooldown_sec", "retrieval_k", "retrieval_min_score", "retrieval_max_clips")
+                   "boundary_cooldown_sec", "retrieval_k", "retrieval_min_score", "retrieval_max_clips",
+                   "revise_answers", "revise_window_sec")
 
 
 # -- settings -> config objects (no models loaded) -----------------------------------------

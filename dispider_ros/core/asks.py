@@ -9,6 +9,14 @@ the query is over:
   - the client canceled the goal: CANCELED (the caller cancels the query, which stops the
     reaction's running answer; its final, CANCELED, still arrives and is listed);
   - the query was canceled or replaced by someone else on the `query` topic: CANCELED.
+A goal whose query completed while one of its answers may still be revised (revision on:
+the decision core gave the trigger a deadline, see core.decision) stays open until that
+answer's revision window is over - its camera's time (the newest feature stamp the node
+saw) reached the deadline, or as many wall-clock seconds as the window passed since the
+answer's final, whichever comes first, so a stopped camera never holds a goal - or until
+the revision's own final arrived: the revision is reported as feedback and listed in the
+result after the answer it revises (which stays OK, or PREEMPTED if it was still
+generating: neither is a failure).
 A goal whose waited-on finals include a failure (an error code other than OK, CANCELED, or
 PREEMPTED/TRIGGER_SUPERSEDED, which a later answer revises) ends ABORTED with the first
 failure's code. A goal with a pending answer that shows no progress for
@@ -82,6 +90,17 @@ class AskEnd:
 
 
 @dataclass
+class _Window:
+    """The revision window of one of a goal's answers."""
+
+    camera_id: str
+    until: float  # camera time of camera_id at which it closes
+    window_sec: float  # its length, also the wall-clock fallback after the final
+    final_at: Optional[float] = None  # when the answer's final arrived (caller's clock)
+    revised: bool = False  # a revision of it was triggered (the goal waits on that instead)
+
+
+@dataclass
 class _Goal:
     key: Hashable
     query_id: str
@@ -93,6 +112,7 @@ class _Goal:
     finals: List[Any] = field(default_factory=list)  # the caller's final payloads, in order
     failure: Optional[Tuple[ErrorCode, str]] = None  # the first failed final
     canceled_by_client: bool = False
+    windows: Dict[str, _Window] = field(default_factory=dict)  # trigger_id -> revision window
 
 
 class AskTracker:
@@ -108,6 +128,7 @@ class AskTracker:
         self._goals: Dict[Hashable, _Goal] = {}
         self._by_query: Dict[str, _Goal] = {}
         self._heard = -math.inf  # last time anything came from the reaction side
+        self._camera_now: Dict[str, float] = {}  # camera_id -> newest feature stamp seen
 
     # ---- goals ---------------------------------------------------------------------------
     def expect(self, key: Hashable, query_id: str) -> None:
@@ -150,14 +171,34 @@ class AskTracker:
             return len(self._goals)
 
     # ---- events --------------------------------------------------------------------------
-    def trigger(self, query_id: str, trigger_id: str, now: float) -> Optional[Hashable]:
-        """A trigger of query_id fired; returns the goal waiting on it (None: not a goal's)."""
+    def trigger(self, query_id: str, trigger_id: str, now: float, camera_id: str = "",
+                stamp: float = math.nan, revisable_until: Optional[float] = None,
+                revises_trigger_id: str = "") -> Optional[Hashable]:
+        """A trigger of query_id fired; returns the goal waiting on it (None: not a goal's).
+
+        Args:
+            camera_id, stamp: the trigger's camera and evidence stamp (camera time).
+            revisable_until: camera time until which its answer may be revised (the
+                decision core's revision_deadline); None = it will not be.
+            revises_trigger_id: a revision: the trigger whose answer it revises.
+        """
         with self._lock:
             goal = self._by_query.get(query_id)
             if goal is None:
                 return None
             goal.pending[trigger_id] = now
+            if revisable_until is not None and math.isfinite(stamp):
+                goal.windows[trigger_id] = _Window(camera_id, revisable_until,
+                                                   max(0.0, revisable_until - stamp))
+            revised = goal.windows.get(revises_trigger_id) if revises_trigger_id else None
+            if revised is not None:
+                revised.revised = True
             return goal.key
+
+    def camera_time(self, camera_id: str, stamp: float) -> None:
+        """The decision node saw a feature of camera_id at stamp (revision windows close)."""
+        with self._lock:
+            self._camera_now[camera_id] = stamp
 
     def chunk(self, query_id: str, trigger_id: str, response_id: str, text: str,
               now: float) -> Optional[Tuple[Hashable, str]]:
@@ -188,6 +229,9 @@ class AskTracker:
             goal.finished.add(response_id)
             before = goal.texts.pop(response_id, ""), goal.chunks.pop(response_id, 0)
             goal.pending.pop(trigger_id, None)
+            window = goal.windows.get(trigger_id)
+            if window is not None:
+                window.final_at = now
             goal.finals.append(payload)
             try:
                 code = ErrorCode(error_code)
@@ -241,6 +285,10 @@ class AskTracker:
         if self._by_query.get(goal.query_id) is goal:
             del self._by_query[goal.query_id]
 
+    def _window_over(self, window: _Window, now: float) -> bool:
+        return window.revised or self._camera_now.get(window.camera_id, -math.inf) >= window.until \
+            or (window.final_at is not None and now - window.final_at >= window.window_sec)
+
     def _end_of(self, goal: _Goal, now: float) -> Optional[AskEnd]:
         if goal.query is None:  # not started yet
             return None
@@ -266,6 +314,8 @@ class AskTracker:
         if goal.failure is not None:
             return AskEnd(Outcome.ABORTED, *goal.failure)
         if reason == "completed":
+            if any(not self._window_over(window, now) for window in goal.windows.values()):
+                return None  # a revision may still come
             return AskEnd(Outcome.ANSWERED if goal.query.mode == "now" else Outcome.MAX_RESPONSES)
         if reason == "expired":
             return AskEnd(Outcome.EXPIRED)

@@ -9,6 +9,22 @@ A feature stamp earlier than the camera's previous one (bag loop, sim-time reset
 that camera's policy state, so cooldowns from the old timeline cannot block the new one,
 and moves the expiry timers of the queries watching it back by the jump (logged).
 All public methods are serialised by one lock (the node calls them from several threads).
+
+Revision (MOSS-Video-Preview: an answer is revised when new evidence appears): a trigger
+of a query with revision on (`QuerySpec.revise`, else `revise_answers`) stays revisable
+until `revise_window_sec` of its camera's time has passed - also when it completed the
+query (a `now` question leaves the registry at once), so revisable answers are kept apart
+from the registry: the newest per (query, camera), at most REVISABLE_KEPT. Boundary-mode
+answers are never revisable: their next narration, at the next clip boundary, is the
+update. A later feature of that camera inside the window revises an answer when
+  - it starts a new clip (`clip_boundary`), or
+  - the query's smoothed match/activation score has fallen below threshold - hysteresis
+    (the evidence that fired it is gone; reason "score_drop").
+A revision is a TriggerEvent with `revises_trigger_id` and `revision_reason` and the new
+evidence frame; it does not count against max_responses and opens no window of its own
+(one revision per answer, so a flood of cuts gives at most one extra answer each). A
+query canceled, replaced or expired is not revised; time going back on a camera forgets
+its revisable answers.
 """
 from __future__ import annotations
 
@@ -34,6 +50,8 @@ from dispider_ros.core.types import FrameFeature, QuerySpec, TriggerEvent
 LOG = logging.getLogger(__name__)
 EmbedTexts = Callable[[Sequence[str]], np.ndarray]  # N texts -> (N, D), e.g. TextEncoder.encode_texts
 _TEXT_CACHE_SIZE = 256
+REVISABLE_KEPT = 256  # revisable answers held at once (the oldest window is dropped first)
+GATED_MODES = ("match", "activation")  # modes whose smoothed score can drop (policies._gate)
 
 
 @dataclass
@@ -52,6 +70,8 @@ class DecisionConfig:
             "" = a random 8-hex prefix per core. Ids must stay unique across robots,
             namespaces and restarts recorded in one log: decision_node passes its fully
             qualified name plus a random token.
+        revise_answers: revise answers when the evidence changes (a query's `revise` wins).
+        revise_window_sec: camera seconds after a trigger in which it can be revised.
     """
 
     trigger_threshold: float = schema.default("decision_node", "trigger_threshold")
@@ -67,11 +87,14 @@ class DecisionConfig:
     retrieval_k: int = schema.default("decision_node", "retrieval_k")
     retrieval_min_score: float = schema.default("decision_node", "retrieval_min_score")
     retrieval_max_clips: int = schema.default("decision_node", "retrieval_max_clips")
+    revise_answers: bool = schema.default("decision_node", "revise_answers")
+    revise_window_sec: float = schema.default("decision_node", "revise_window_sec")
 
     def __post_init__(self):
         self.policy_config()  # validates
         self.registry_config()
-        for name in ("retrieval_k", "retrieval_min_score", "retrieval_max_clips"):
+        for name in ("retrieval_k", "retrieval_min_score", "retrieval_max_clips",
+                     "revise_answers", "revise_window_sec"):
             setattr(self, name, schema.check("decision_node", name, getattr(self, name)))
         if not isinstance(self.id_prefix, str) or not (self.id_prefix == "" or self.id_prefix.isprintable()):
             raise ValueError(f"id_prefix {self.id_prefix!r} must be a printable string")
@@ -116,8 +139,10 @@ class DecisionCore:
         self._text_cache: "OrderedDict[str, np.ndarray]" = OrderedDict()
         self._loops: Dict[str, int] = {}  # camera_id -> backward time jumps seen
         self.clips = ClipIndex(self.config.retrieval_max_clips)
+        # (query id, camera id) -> its newest revisable answer (see the module docstring)
+        self._revisable: "OrderedDict[Tuple[str, str], _Revisable]" = OrderedDict()
         self.counters = {"features": 0, "triggers": 0, "policy_errors": 0, "camera_resets": 0,
-                         "bad_features": 0}
+                         "bad_features": 0, "revisions": 0}
 
     def set_config(self, **changes) -> DecisionConfig:
         """Apply new settings at once (ValueError naming the bad value, nothing applied)."""
@@ -193,7 +218,7 @@ class DecisionCore:
             triggers: List[TriggerEvent] = []
             for query in self.registry.active(feature.camera_id):
                 triggers += self._score(query, feature)
-            return triggers
+            return triggers + self._revisions(feature)
 
     def _check_feature(self, feature: FrameFeature) -> None:
         """Refuse (and count) a feature that would poison policy state: one NaN score keeps
@@ -228,11 +253,14 @@ class DecisionCore:
                     "%d query timer(s) moved back %.3f s", camera_id, last, stamp, moved, last - stamp)
 
     def reset_camera(self, camera_id: str) -> None:
-        """Forget one camera's latest feature and every query's policy state for it."""
+        """Forget one camera's latest feature, every query's policy state for it and its
+        revisable answers."""
         with self._lock:
             self._last_feature.pop(camera_id, None)
             for query in self.registry.active():
                 query.state.pop(camera_id, None)
+            for key in [key for key in self._revisable if key[1] == camera_id]:
+                del self._revisable[key]
             self.counters["camera_resets"] += 1
 
     def active_queries(self, camera_id: Optional[str] = None) -> List[ActiveQuery]:
@@ -312,4 +340,88 @@ class DecisionCore:
         LOG.info("trigger %s: query %r (%s) score %.3f at %.3f on %r", event.trigger_id,
                  query.query_id, query.mode, score, feature.stamp, feature.camera_id)
         self.registry.record_response(query.query_id)
+        self._remember_revisable(query, event)
         return [event]
+
+    # ---- revision ----------------------------------------------------------------------
+    def revises(self, query: ActiveQuery) -> bool:
+        """Whether the answers of query are revised (its own `revise`, else the parameter)."""
+        revise = query.spec.revise
+        return self.config.revise_answers if revise is None else bool(revise)
+
+    def revision_deadline(self, trigger_id: str) -> Optional[float]:
+        """Camera time (of the trigger's camera) until which that trigger's answer may still
+        be revised; None when it cannot be (revision off, already revised, window over)."""
+        with self._lock:
+            for entry in self._revisable.values():
+                if entry.trigger.trigger_id == trigger_id:
+                    return entry.until
+            return None
+
+    def _remember_revisable(self, query: ActiveQuery, event: TriggerEvent) -> None:
+        if query.mode == "boundary" or not self.revises(query) or self.config.revise_window_sec <= 0.0:
+            return  # (a narration's next trigger is its update: nothing would revise it)
+        key = (query.query_id, event.camera_id)
+        self._revisable.pop(key, None)  # its newer answer replaces (and revises) the older one
+        self._revisable[key] = _Revisable(event, query, event.stamp + self.config.revise_window_sec)
+        while len(self._revisable) > REVISABLE_KEPT:
+            self._revisable.popitem(last=False)
+
+    def _revisions(self, feature: FrameFeature) -> List[TriggerEvent]:
+        """Revision triggers for the revisable answers of feature's camera (after scoring, so
+        the policies' smoothed scores include this frame)."""
+        out: List[TriggerEvent] = []
+        for key, entry in list(self._revisable.items()):
+            query, trigger = entry.query, entry.trigger
+            if key[1] != feature.camera_id or feature.stamp <= trigger.stamp:
+                continue
+            if feature.stamp >= entry.until or query.ended not in ("", "completed") \
+                    or not self.revises(query):
+                del self._revisable[key]  # window over, or the question is gone or turned off
+                continue
+            reason, score = "", 1.0
+            if feature.clip_boundary:
+                reason = "clip_boundary"
+            elif query.mode in GATED_MODES:
+                score = self._smoothed(query, feature)
+                threshold = query.spec.threshold if query.spec.threshold is not None \
+                    else self.config.trigger_threshold
+                if score is not None and score < threshold - self.config.hysteresis:
+                    reason = "score_drop"
+            if not reason:
+                continue
+            del self._revisable[key]  # one revision per answer; a revision opens no window
+            self._trigger_count += 1
+            self.counters["triggers"] += 1
+            self.counters["revisions"] += 1
+            event = TriggerEvent(
+                trigger_id=f"{self._prefix}-{self._trigger_count}", query_id=query.query_id,
+                query_text=query.spec.text, camera_id=feature.camera_id, policy=query.mode,
+                score=float(score), stamp=feature.stamp, frame_index=feature.frame_index,
+                clip_index=feature.clip_index, clip_start=feature.clip_start, clip_end=feature.stamp,
+                frame_id=feature.frame_id, revises_trigger_id=trigger.trigger_id,
+                revision_reason=reason, retrieved=trigger.retrieved)  # the same older clips
+            LOG.info("trigger %s revises %s: query %r, %s at %.3f on %r", event.trigger_id,
+                     trigger.trigger_id, query.query_id, reason, feature.stamp, feature.camera_id)
+            out.append(event)
+        return out
+
+    def _smoothed(self, query: ActiveQuery, feature: FrameFeature) -> Optional[float]:
+        """The query's smoothed score on feature's camera, this frame included. A query still
+        in the registry was just scored; one that completed is observed here (its policy
+        state is its own, so a would-be trigger of it is ignored)."""
+        if self.registry.get(query.query_id) is not query:
+            try:
+                self.policies[query.mode].observe(query, feature)
+            except (ValueError, KeyError):
+                return None
+        return query.state.get(feature.camera_id, {}).get("ema")
+
+
+@dataclass
+class _Revisable:
+    """An answer that a change of evidence may still revise."""
+
+    trigger: TriggerEvent
+    query: ActiveQuery
+    until: float  # camera time of trigger.camera_id at which its window closes

@@ -30,6 +30,12 @@ Scheduling policy:
   ends with TRIGGER_SUPERSEDED, and the newer one's final lists in
   extras["merged_trigger_ids"] every trigger it stands for, oldest first, so no scene
   change is lost without a trace and flooding stays bounded.
+- A revision (a trigger with `revises_trigger_id`: the decision saw the evidence of an
+  earlier answer change, MOSS-Video-Preview style) is an ordinary trigger of its query, so
+  an answer it revises that is still generating is pre-empted as above (PREEMPTED final)
+  and one still waiting is superseded; one already answered stays as it was. All of the
+  revision's events carry revises_response_id = response_id(revises_trigger_id), and its
+  final's extras hold `revision_reason` (clip_boundary | score_drop).
 - Every trigger gets exactly one final ResponseEvent: dropped and superseded triggers get
   one with an error code (TRIGGER_DROPPED, TRIGGER_SUPERSEDED), so a run record stays
   complete; close() ends the running and waiting ones with SHUTDOWN.
@@ -351,6 +357,8 @@ class ReactionEngine:
                 self._queue.append(job)
                 if len(self._queue) > self.config.max_queue:
                     orphans.append(self._drop_waiting(0))
+            if trigger.revises_trigger_id:  # a revision names the answer it revises, always
+                job.revises = response_id(trigger.revises_trigger_id)
             self._cond.notify_all()
         for stale, code, error in orphans:
             self._emit_final(stale, "", error, code=code, extras={"stop_reason": "not_started"})
@@ -611,6 +619,8 @@ class ReactionEngine:
                   "retrieved_clips": clips, **(extras or {})}
         if job.merged:
             extras["merged_trigger_ids"] = list(job.merged)
+        if job.trigger.revision_reason:
+            extras["revision_reason"] = job.trigger.revision_reason
         self._emit(self._event(job, text, final=True, sequence=sequence, ttft_sec=ttft,
                                token_count=token_count, error_code=code, error=error,
                                extras=extras))

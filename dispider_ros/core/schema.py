@@ -147,6 +147,16 @@ DECISION = _common("decision_node", "SigLIP/CLIP checkpoint whose text tower sco
           "reaches this", 0.0, 1.0, live=True),
     Param("retrieval_max_clips", 20000, "clip features kept for retrieval, oldest dropped "
           "first (one embedding each: 3 KB at 768 dimensions)", 1, 10_000_000),
+    # -- revision (issue 15): an answer is answered again when its evidence changes
+    Param("revise_answers", True, "revise an answer when the evidence changes within "
+          "revise_window_sec after its trigger (a clip boundary on its camera; a match or "
+          "activation score falling below threshold minus hysteresis): the question is answered "
+          "again with the new frames, naming the revised answer (revises_response_id); a "
+          "query's own `revise` field overrides it", live=True),
+    Param("revise_window_sec", 2.0, "camera seconds after a trigger during which a change of "
+          "evidence revises its answer (one revision per answer); an `ask` goal whose query "
+          "completed stays open this long (camera or wall clock, whichever passes first) to "
+          "report a revision", 0.0, 60.0, live=True),
 )
 
 REACTION = _common("reaction_node", "video-LLM answering triggers (Qwen2-VL, Qwen2.5-VL, "

@@ -12,7 +12,8 @@ The lines are exactly the prediction records `score_cli` reads (fields documente
                      the trigger was made: later than stamp for a query answered at once),
                      retrieved_clips (older clips ranked relevant to a question about the
                      past: camera_id, clip_index, start, end (s from the recording start),
-                     score; [] = none)
+                     score; [] = none); a revision also has revises_trigger_id and
+                     revision_reason
     type "response"  query_id, trigger_id, response_id, stamp (of the evidence), text,
                      final, sequence, ttft_sec, emit_stamp, token_count, error_code (the
                      Response.msg constant; 0 = answered), error, revises_response_id,
@@ -24,7 +25,8 @@ The lines are exactly the prediction records `score_cli` reads (fields documente
                      null = none); 0/null for an answer that never reached the model;
                      retrieved_clips: its trigger's clips, each with `keyframes`, how many
                      of its keyframes were in the prompt (0: never started, or no longer
-                     stored)
+                     stored); a revision's final also has revision_reason (clip_boundary |
+                     score_drop)
     type "run"       event "start" (mode, bag, annotations, t0, settings) or "end"
                      (system figures: sampled fps, drops, peak memory, speed); score_cli
                      skips these lines

@@ -258,7 +258,8 @@ class OfflineReplay:
             revises_response_id=event.revises_response_id,
             **({"stop_reason": event.extras.get("stop_reason", ""),
                 "retrieved_clips": event.extras.get("retrieved_clips", ()),
-                **{k: event.extras[k] for k in COST_KEYS if k in event.extras}}
+                **{k: event.extras[k] for k in COST_KEYS if k in event.extras},
+                **{k: event.extras[k] for k in ("revision_reason",) if k in event.extras}}
                if event.final else {}))
 
     def _on_trigger(self, trigger) -> None:
@@ -266,7 +267,10 @@ class OfflineReplay:
         self.recorder.trigger(trigger.trigger_id, trigger.query_id, trigger.stamp,
                               trigger.camera_id, trigger.policy, trigger.score,
                               trigger.frame_index, trigger.clip_index, trigger.clip_start,
-                              clock_abs=clock, retrieved_clips=trigger.retrieved)
+                              clock_abs=clock, retrieved_clips=trigger.retrieved,
+                              **({"revises_trigger_id": trigger.revises_trigger_id,
+                                  "revision_reason": trigger.revision_reason}
+                                 if trigger.revises_trigger_id else {}))
         with self._lock:
             self._pending[trigger.trigger_id] = (clock, began)
 

@@ -91,17 +91,23 @@ def wait_active(node, namespace: str, timeout: float) -> None:
 
 
 def show(assistant: AskClient) -> None:
-    # 1. A present question, blocking: the final answer (or AskError saying why not).
+    # 1. A present question, blocking: the final answer (or AskError saying why not). With
+    #    revision on (the default) it ends revise_window_sec after the answer, reporting a
+    #    revision if the scene changed meanwhile (revise=False: at the answer).
     t0 = time.monotonic()
     result = assistant.ask("What is on the screen right now?", mode="now", timeout=60)
     final = result.responses[-1]
     print(f"[ask] {result.text!r}\n      {result.outcome.name}, query {result.query_id}, "
           f"first token {final.ttft_sec:.2f} s, {final.token_count} tokens, "
           f"{time.monotonic() - t0:.2f} s in all")
+    for revision in result.revisions:  # the scene changed just after: answered again
+        print(f"      revises {revision.revises_response_id}: {revision.text!r}")
 
     # 2. The same kind of question, streamed chunk by chunk.
     print("[stream] ", end="", flush=True)
     for chunk in assistant.stream("Describe what you see.", mode="now", timeout=60):
+        if chunk.revises_response_id and chunk.sequence == 0:
+            print(" [revised] ", end="")
         print(chunk.text, end="", flush=True)
     print()
 

@@ -7,6 +7,9 @@ core like a Query on `query` (same validation, rate limit and assigned id), then
 its triggers (published by the node) and their answers (the reaction node's `response`
 and `response_stream`) as feedback; core/asks.py decides when it is over and how. Cancel
 cancels the query through the node, which tells the reaction node on `query_cancel`.
+A revision (a trigger naming the one it revises, and its answer) reaches the goal like any
+trigger of its query; a goal whose query completed waits out its answers' revision
+windows (core/asks.py) on the camera times the node reports with `camera_time`.
 
 Execute callbacks are coroutines that await a Future completed when the goal ends, so a
 long proactive goal holds no executor thread.
@@ -28,7 +31,7 @@ from dispider_ros.core.asks import AskConfig, AskEnd, AskTracker, Outcome
 from dispider_ros.core.types import ErrorCode
 from dispider_ros.msg import Query, Response, Trigger
 from dispider_ros.nodes.base import RELIABLE_INPUT
-from dispider_ros.nodes.convert import query_from_msg
+from dispider_ros.nodes.convert import query_from_msg, to_sec
 
 POLL_SEC = 0.05  # answer timeouts and ended queries are noticed within this (steady clock)
 CANCEL_STATE_WAIT_SEC = 1.0  # see _await_canceling
@@ -100,10 +103,18 @@ class AskServer:
     # -- events from the node --------------------------------------------------------------
     def on_trigger(self, msg: Trigger) -> None:
         """A trigger the node is about to publish (call before publishing it)."""
-        key = self.tracker.trigger(msg.query_id, msg.trigger_id, time.monotonic())
+        core = self.node.core
+        until = core.revision_deadline(msg.trigger_id) if core is not None else None
+        key = self.tracker.trigger(msg.query_id, msg.trigger_id, time.monotonic(),
+                                   camera_id=msg.camera_id, stamp=to_sec(msg.header.stamp),
+                                   revisable_until=until, revises_trigger_id=msg.revises_trigger_id)
         if key is not None:
             self._feedback(key, Ask.Feedback(kind=Ask.Feedback.KIND_TRIGGER, query_id=msg.query_id,
                                              trigger=msg))
+
+    def camera_time(self, camera_id: str, stamp: float) -> None:
+        """The node scored a feature of camera_id at stamp (before publishing its triggers)."""
+        self.tracker.camera_time(camera_id, stamp)
 
     def update(self) -> None:
         """End the goals that are over (timer, and after each feature and final)."""

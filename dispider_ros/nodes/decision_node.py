@@ -96,6 +96,7 @@ class DecisionNode(DispiderNode):
             self.health.fault("feature", f"{msg.camera_id}: {error}")
             return
         self.latest_stamp = feature.stamp  # "now" for queries sent with a zero stamp
+        self.ask.camera_time(feature.camera_id, feature.stamp)  # revision windows close
         self._publish(triggers)
 
     def _on_query(self, msg: Query) -> None:

@@ -49,6 +49,7 @@ class OutputRecorder:
         self.clock = clock or (lambda: node.get_clock().now().nanoseconds * 1e-9)
         self.lock = threading.Lock()
         self.triggers: Dict[str, float] = {}  # trigger id -> abs stamp
+        self.revisions: Dict[str, str] = {}  # revision trigger id -> its revision_reason
         self.answered: Dict[str, str] = {}  # trigger id -> response id (finals only)
         self.rejected = 0
 
@@ -87,12 +88,16 @@ class OutputRecorder:
 
     def _on_trigger(self, msg: Trigger) -> None:
         stamp = to_sec(msg.header.stamp)
+        revision = {"revises_trigger_id": msg.revises_trigger_id,
+                    "revision_reason": msg.revision_reason} if msg.revises_trigger_id else {}
         with self.lock:
             self.triggers[msg.trigger_id] = stamp
+            if revision:
+                self.revisions[msg.trigger_id] = msg.revision_reason
         self.recorder.trigger(msg.trigger_id, msg.query_id, stamp, self.camera(msg.camera_id),
                               msg.policy, float(msg.score), msg.frame_index, msg.clip_index,
                               to_sec(msg.clip_start), clock_abs=self.clock(),
-                              retrieved_clips=[clip_from_msg(c) for c in msg.retrieved_clips])
+                              retrieved_clips=[clip_from_msg(c) for c in msg.retrieved_clips], **revision)
 
     def _on_response(self, msg: Response) -> None:
         if msg.final:
@@ -102,12 +107,15 @@ class OutputRecorder:
                 elif msg.error_code == Response.QUERY_REJECTED:
                     self.rejected += 1
         ttft = float(msg.ttft_sec) if msg.final and msg.ttft_sec > 0 else None
+        with self.lock:
+            reason = self.revisions.get(msg.trigger_id, "") if msg.final else ""
         self.recorder.response(
             msg.response_id, msg.trigger_id, msg.query_id, to_sec(msg.header.stamp),
             self.camera(msg.camera_id), msg.text, msg.final, sequence=msg.sequence,
             ttft_sec=ttft, emit_abs_stamp=self.clock() if msg.final else None,
             token_count=msg.token_count, error_code=msg.error_code, error=msg.error,
-            revises_response_id=msg.revises_response_id, **response_cost(msg))
+            revises_response_id=msg.revises_response_id, **response_cost(msg),
+            **({"revision_reason": reason} if reason else {}))
 
 
 class RecorderNode(Node):

@@ -121,3 +121,70 @@ def test_end_all_and_unknown_queries(registry):
     assert len(tracker) == 0
     with pytest.raises(ValueError, match="answer_timeout_sec"):
         AskConfig(answer_timeout_sec=0.0)
+
+
+# --- revision windows: a completed goal waits for a revision of its answer --------------
+
+def answered(tracker, registry, key="g", until=5.0):
+    """A now goal whose answer (trigger t1 at camera time 3.0) is revisable until `until`."""
+    qid = start(tracker, registry, key)
+    assert tracker.trigger(qid, "t1", now=10.0, camera_id="cam", stamp=3.0, revisable_until=until) == key
+    registry.record_response(qid)
+    return qid
+
+
+@pytest.mark.revision
+def test_a_now_goal_waits_out_its_revision_window_in_camera_time(registry):
+    tracker = AskTracker()
+    qid = answered(tracker, registry)
+    tracker.final(qid, "t1", "r1", ErrorCode.OK, "", "final-1", now=10.5)
+    assert tracker.ended(now=10.6) == []  # a revision may still come
+    tracker.camera_time("rear", 9.0)  # another camera's clock says nothing about cam
+    tracker.camera_time("cam", 4.5)
+    assert tracker.ended(now=10.7) == []
+    tracker.camera_time("cam", 5.0)  # the window [3, 5) has passed on its camera
+    ((_, end),) = tracker.ended(now=10.8)
+    assert end.outcome == Outcome.ANSWERED and end.succeeded and end.finals == ("final-1",)
+
+
+@pytest.mark.revision
+def test_a_stopped_camera_never_holds_a_goal_the_wall_clock_ends_the_window(registry):
+    tracker = AskTracker(AskConfig(answer_timeout_sec=1.0))
+    qid = answered(tracker, registry)
+    tracker.final(qid, "t1", "r1", ErrorCode.OK, "", "final-1", now=10.5)
+    assert tracker.ended(now=12.4) == []  # no feature since: camera time stands still
+    ((_, end),) = tracker.ended(now=12.5)  # 2 s (the window) after the final
+    assert end.outcome == Outcome.ANSWERED and end.succeeded
+
+
+@pytest.mark.revision
+@pytest.mark.parametrize("first_code", [ErrorCode.OK, ErrorCode.PREEMPTED])
+def test_a_revision_is_waited_for_and_listed_after_the_answer_it_revises(registry, first_code):
+    tracker = AskTracker()
+    qid = answered(tracker, registry)
+    if first_code == ErrorCode.OK:
+        tracker.final(qid, "t1", "r1", first_code, "", "final-1", now=10.5)
+    assert tracker.trigger(qid, "t2", now=11.0, camera_id="cam", stamp=4.0,
+                           revises_trigger_id="t1") == "g"
+    if first_code == ErrorCode.PREEMPTED:  # it was still generating: the revision stopped it
+        tracker.final(qid, "t1", "r1", first_code, "preempted by trigger t2", "final-1", now=11.1)
+    tracker.camera_time("cam", 6.0)
+    assert tracker.ended(now=20.0) == []  # windows over, but the revision's answer is pending
+    tracker.final(qid, "t2", "r2", ErrorCode.OK, "", "final-2", now=20.5)
+    ((_, end),) = tracker.ended(now=20.6)  # the revision opened no window of its own
+    assert end.outcome == Outcome.ANSWERED and end.succeeded
+    assert end.finals == ("final-1", "final-2")
+
+
+@pytest.mark.revision
+def test_a_client_cancel_or_a_failure_ends_a_goal_inside_its_window(registry):
+    tracker = AskTracker()
+    qid = answered(tracker, registry)
+    tracker.final(qid, "t1", "r1", ErrorCode.OK, "", "final-1", now=10.5)
+    tracker.cancel("g")
+    ((_, end),) = tracker.ended(now=10.6)
+    assert end.outcome == Outcome.CANCELED and end.by_client
+    qid = answered(tracker, registry, key="h")
+    tracker.final(qid, "t1", "r1", ErrorCode.GENERATION_FAILED, "boom", "final-1", now=10.5)
+    ((_, end),) = tracker.ended(now=10.6)
+    assert end.outcome == Outcome.ABORTED and end.error_code == ErrorCode.GENERATION_FAILED

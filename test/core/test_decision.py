@@ -388,3 +388,133 @@ def test_property_random_operations_keep_invariants(ops):
         assert query.mode != "auto" and not query.exhausted
     stats = core.stats()
     assert stats["triggers"] == len(triggers) and stats["queries_active"] == len(core.active_queries())
+
+
+# --- revision: a change of evidence soon after a trigger answers again ------------------
+
+@pytest.mark.revision
+def test_a_clip_boundary_inside_the_window_revises_a_now_answer_after_its_query_completed():
+    core, _ = make_core(revise_window_sec=2.0)
+    core.on_feature(feature(3.0))
+    _, (first,) = core.add_query(QuerySpec("q1", "What is on the table?"), now_stamp=3.0)
+    assert core.active_queries() == []  # the now query completed at its trigger ...
+    assert core.revision_deadline(first.trigger_id) == 5.0  # ... its answer stays revisable
+    assert core.on_feature(feature(3.5)) == []  # same clip: nothing changed
+    (revision,) = core.on_feature(feature(4.0, SCENE_B, boundary=True, clip=1))
+    assert (revision.query_id, revision.revises_trigger_id, revision.revision_reason) == \
+        ("q1", first.trigger_id, "clip_boundary")
+    assert (revision.stamp, revision.frame_index, revision.clip_index, revision.policy) == \
+        (4.0, 8, 1, "now")  # the new evidence frame
+    assert revision.trigger_id != first.trigger_id and revision.query_text == first.query_text
+    # one revision per answer: a revision opens no window, so the next cut is quiet
+    assert core.on_feature(feature(4.5, SCENE_A, boundary=True, clip=2)) == []
+    assert core.revision_deadline(first.trigger_id) is None
+    stats = core.stats()
+    assert (stats["revisions"], stats["triggers"], stats["queries_completed"]) == (1, 2, 1)
+
+
+@pytest.mark.revision
+def test_a_clip_boundary_outside_the_window_or_on_another_camera_revises_nothing():
+    core, _ = make_core(revise_window_sec=2.0)
+    core.on_feature(feature(3.0))
+    core.on_feature(feature(3.0, camera="rear"))
+    _, fired = core.add_query(QuerySpec("q1", "What is here?", cameras=("cam",)), now_stamp=3.0)
+    assert len(fired) == 1
+    assert core.on_feature(feature(4.0, boundary=True, camera="rear")) == []  # not its camera
+    assert core.on_feature(feature(4.5)) == []
+    assert core.on_feature(feature(5.0, boundary=True)) == []  # 2.0 s later: window [3, 5) is over
+    assert core.revision_deadline(fired[0].trigger_id) is None and core.stats()["revisions"] == 0
+
+
+@pytest.mark.revision
+def test_a_match_score_falling_below_threshold_minus_hysteresis_revises_once():
+    # smoothing 0: the score is the frame's; cos(query, A) = 0 -> sigmoid(-5) ~ 0.007 < 0.5 - 0.1
+    core, _ = make_core(smoothing=0.0, cooldown_sec=0.0, revise_window_sec=2.0)
+    core.add_query(QuerySpec("cup", "Tell me when the red cup is on the table."), now_stamp=0.0)
+    (fired,) = stream(core, [(SCENE_B, 1)], start=10.0)  # fires at 10.0 (B matches)
+    assert stream(core, [(SCENE_B, 1)], start=10.5) == []  # still matching: not armed, no revision
+    (revision,) = stream(core, [(SCENE_A, 1)], start=11.0)  # the cup is gone
+    assert (revision.revises_trigger_id, revision.revision_reason, revision.policy) == \
+        (fired.trigger_id, "score_drop", "match")
+    assert revision.score < 0.4 and revision.stamp == 11.0
+    # the dip re-armed the match: it fires again on B (a new answer, revisable in turn)
+    (again,) = stream(core, [(SCENE_B, 1)], start=11.5)
+    assert again.revises_trigger_id == "" and core.active_queries()[0].responses == 2
+
+
+@pytest.mark.revision
+def test_a_match_query_that_completed_is_still_revised_on_a_score_drop():
+    core, _ = make_core(smoothing=0.0, cooldown_sec=0.0)
+    core.add_query(QuerySpec("cup", "Tell me when the red cup is on the table.", max_responses=1),
+                   now_stamp=0.0)
+    (fired,) = stream(core, [(SCENE_B, 1)])
+    assert core.active_queries() == []  # max_responses reached
+    (revision,) = stream(core, [(SCENE_A, 1)], start=0.5)
+    assert revision.revision_reason == "score_drop" and revision.revises_trigger_id == fired.trigger_id
+    assert core.stats()["queries_completed"] == 1  # a revision does not count against the limit
+
+
+@pytest.mark.revision
+@pytest.mark.parametrize("parameter, field, revised", [
+    (True, None, True), (False, None, False), (True, False, False), (False, True, True)])
+def test_revision_is_off_by_parameter_or_by_the_query_field(parameter, field, revised):
+    core, _ = make_core(revise_answers=parameter)
+    core.on_feature(feature(1.0))
+    _, (first,) = core.add_query(QuerySpec("q1", "what is this?", mode="now", revise=field),
+                                 now_stamp=1.0)
+    fired = core.on_feature(feature(1.5, boundary=True, clip=1))
+    assert [t.revises_trigger_id for t in fired] == ([first.trigger_id] if revised else [])
+
+
+@pytest.mark.revision
+def test_turning_revision_off_live_stops_pending_revisions():
+    core, _ = make_core()
+    core.on_feature(feature(1.0))
+    core.add_query(QuerySpec("q1", "what is this?"), now_stamp=1.0)
+    core.set_config(revise_answers=False)
+    assert core.on_feature(feature(1.5, boundary=True, clip=1)) == []
+    with pytest.raises(ValueError, match="revise_window_sec -1"):
+        core.set_config(revise_window_sec=-1.0)
+
+
+@pytest.mark.revision
+def test_boundary_queries_are_not_revised_on_clip_boundaries_and_canceled_queries_not_at_all():
+    core, _ = make_core(cooldown_sec=10.0)
+    core.add_query(QuerySpec("narr", "narrate", mode="boundary"), now_stamp=0.0)
+    (first,) = core.on_feature(feature(1.0, boundary=True, clip=1))
+    assert core.revision_deadline(first.trigger_id) is None  # its next narration is the update
+    assert core.on_feature(feature(1.5, boundary=True, clip=2)) == []  # cooldown; and no revision
+    core.on_feature(feature(2.0))
+    core.add_query(QuerySpec("now", "what is this?", mode="now"), now_stamp=2.0)
+    core.add_query(QuerySpec("now", "what is that?", mode="now"), now_stamp=2.0)  # replaces it
+    core.on_feature(feature(2.5))
+    core.add_query(QuerySpec("gone", "what is here?", mode="now", max_responses=2), now_stamp=2.5)
+    assert core.cancel("gone")
+    fired = core.on_feature(feature(3.0, boundary=True, clip=3))
+    assert [(t.query_id, t.revision_reason) for t in fired] == [("now", "clip_boundary")]
+    assert fired[0].query_text == "what is that?"  # the replacing question's answer
+
+
+@pytest.mark.revision
+def test_a_flood_of_cuts_gives_at_most_one_revision_per_answer_and_time_going_back_forgets():
+    core, _ = make_core(revise_window_sec=60.0)
+    core.on_feature(feature(0.0))
+    for n in range(5):
+        core.add_query(QuerySpec(f"q{n}", "what is this?", mode="now"), now_stamp=0.0)
+    fired = [t for i in range(1, 40) for t in core.on_feature(feature(i * 0.5, boundary=True, clip=i))]
+    assert sorted(t.query_id for t in fired) == [f"q{n}" for n in range(5)]
+    core.add_query(QuerySpec("late", "what is this?", mode="now"), now_stamp=20.0)
+    assert core.on_feature(feature(1.0, boundary=True)) == []  # bag loop: its window is gone
+
+
+@pytest.mark.revision
+def test_revisable_answers_are_bounded():
+    from dispider_ros.core.decision import REVISABLE_KEPT
+
+    core, _ = make_core(max_active_queries=REVISABLE_KEPT + 10)
+    core.on_feature(feature(0.0))
+    first = [core.add_query(QuerySpec(f"q{n}", "what now?", mode="now"), now_stamp=0.0)[1][0]
+             for n in range(REVISABLE_KEPT + 10)]
+    assert core.revision_deadline(first[0].trigger_id) is None  # the oldest windows dropped
+    assert core.revision_deadline(first[-1].trigger_id) == 2.0
+    assert len(core.on_feature(feature(0.5, boundary=True, clip=1))) == REVISABLE_KEPT

@@ -491,3 +491,66 @@ def test_a_trigger_that_arrives_after_its_querys_cancel_is_canceled_not_answered
     reused = sink.wait_final(engine.submit(trigger(3, query="A", stamp=2.5)))
     assert other.error_code == ErrorCode.OK and reused.error_code == ErrorCode.OK
     assert engine.wait_idle(WAIT) and engine.stats()["canceled"] == 1
+
+
+# --- revision: a trigger that names the trigger whose answer it revises -----------------
+
+def revision(n, revises, query="q1", stamp=0.0, reason="clip_boundary"):
+    import dataclasses
+
+    return dataclasses.replace(trigger(n, query=query, stamp=stamp), revises_trigger_id=revises,
+                               revision_reason=reason)
+
+
+@pytest.mark.revision
+def test_a_revision_of_a_finished_answer_names_it_on_every_event(engine_factory):
+    engine, sink = engine_factory()
+    for i in range(3):
+        engine.ingest(frame(i))
+    first = sink.wait_final(engine.submit(trigger(1, stamp=1.0)))
+    assert first.error_code == ErrorCode.OK and "revision_reason" not in first.extras
+    rid = engine.submit(revision(2, "t1", stamp=2.0))
+    final = sink.wait_final(rid)
+    chunks = sink.chunks(rid)
+    assert final.error_code == ErrorCode.OK and final.revises_response_id == "resp-t1" == first.response_id
+    assert chunks and all(c.revises_response_id == "resp-t1" for c in chunks)
+    assert final.extras["revision_reason"] == "clip_boundary" and final.stamp == 2.0
+    assert [e.response_id for e in sink.finals()] == [first.response_id, rid]  # one final each
+    assert engine.stats()["preempted"] == 0  # nothing was running: the first answer stands
+
+
+@pytest.mark.revision
+def test_a_revision_of_a_running_answer_preempts_it(engine_factory, vlm):
+    engine, sink = engine_factory()
+    engine.ingest(frame(0))
+    with decoder_gate(vlm) as (reached, release):
+        first = engine.submit(trigger(1))
+        assert reached.wait(WAIT)
+        second = engine.submit(revision(2, "t1", reason="score_drop"))
+        release.set()
+        stale, fresh = sink.wait_final(first), sink.wait_final(second)
+    assert stale.error_code == ErrorCode.PREEMPTED and stale.extras["preempted_by"] == "t2"
+    assert stale.revises_response_id == "" and "revision_reason" not in stale.extras
+    assert fresh.error_code == ErrorCode.OK and fresh.revises_response_id == stale.response_id
+    assert fresh.extras["revision_reason"] == "score_drop"
+    assert engine.wait_idle(WAIT) and len(sink.finals()) == 2
+    answers = [it.text for it in engine.memory.snapshot()
+               if isinstance(it, DialogueTurn) and it.role == "assistant"]
+    assert answers == [fresh.text]  # the pre-empted partial answer is not remembered
+
+
+@pytest.mark.revision
+def test_a_revision_of_a_waiting_answer_supersedes_it_and_still_names_it(engine_factory, vlm):
+    engine, sink = engine_factory()
+    engine.ingest(frame(0))
+    with decoder_gate(vlm) as (reached, release):
+        busy = engine.submit(trigger(1, query="other"))
+        assert reached.wait(WAIT)
+        waiting = engine.submit(trigger(2))
+        rid = engine.submit(revision(3, "t2"))
+        release.set()
+        stale, fresh = sink.wait_final(waiting), sink.wait_final(rid)
+        sink.wait_final(busy)
+    assert stale.error_code == ErrorCode.TRIGGER_SUPERSEDED
+    assert fresh.revises_response_id == "resp-t2" and fresh.error_code == ErrorCode.OK
+    assert engine.wait_idle(WAIT) and len(sink.finals()) == 3

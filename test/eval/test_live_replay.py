@@ -59,6 +59,9 @@ def runs(tmp_path_factory):
     annotations.write_text(yaml.safe_dump(ANNOTATIONS, sort_keys=False))
     params = yaml.safe_load((REPO / "config" / "dispider.yaml").read_text())
     params["/**/decision_node"]["ros__parameters"]["cooldown_sec"] = 1.0  # cuts 3 s apart
+    # Each `now` answer (at 1.0 and 4.0) is revised at the next cut (3.0, 6.0): a window of
+    # 3 s puts the cuts 1 s inside it, where the default 2 s puts the first one on its edge.
+    params["/**/decision_node"]["ros__parameters"]["revise_window_sec"] = 3.0
     params_file = folder / "params.yaml"
     params_file.write_text(yaml.safe_dump(params))
     common = ["--bag", bag, "--annotations", annotations, "--params-file", params_file]
@@ -81,10 +84,16 @@ def by_query(run_dir):
 
 def test_offline_and_live_agree_on_trigger_frames(runs):
     offline, live = by_query(runs["offline"]), by_query(runs["live"])
-    # Not vacuous: both cuts, and both present-tense questions, fire offline.
+    # Not vacuous: both cuts, and both present-tense questions, fire offline; each answer is
+    # revised at the next cut (the narration is not: its next trigger is the update).
     assert [round(t["stamp"], 1) for t in offline["scene"]] == [3.0, 6.0]
-    assert [round(t["stamp"], 1) for t in offline["now"]] == [1.0]
-    assert [round(t["stamp"], 1) for t in offline["desk"]] == [4.0]
+    assert [round(t["stamp"], 1) for t in offline["now"]] == [1.0, 3.0]
+    assert [round(t["stamp"], 1) for t in offline["desk"]] == [4.0, 6.0]
+    for query_id in ("now", "desk"):
+        first, revision = offline[query_id]
+        assert (revision["revises_trigger_id"], revision["revision_reason"]) == \
+            (first["trigger_id"], "clip_boundary")
+    assert not any("revises_trigger_id" in t for t in offline["scene"] + live["scene"])
     assert set(live) == set(offline), (live, offline)
     for query_id, expected in offline.items():
         got = live[query_id]
@@ -93,6 +102,7 @@ def test_offline_and_live_agree_on_trigger_frames(runs):
             assert abs(a["stamp"] - b["stamp"]) <= SAMPLE_PERIOD + 1e-3, (query_id, a, b)
             assert abs(a["frame_index"] - b["frame_index"]) <= 1, (query_id, a, b)
             assert a["camera_id"] == b["camera_id"] == bagio.VIDEO_TOPIC  # namespace stripped
+            assert a.get("revision_reason") == b.get("revision_reason"), (query_id, a, b)
 
 
 def test_live_run_record_is_complete(runs):
@@ -100,6 +110,10 @@ def test_live_run_record_is_complete(runs):
     assert [q["query_id"] for q in run.queries] == ["scene", "open", "now", "desk"]
     answered = {r["trigger_id"] for r in run.responses if not r["error"]}
     assert answered == {t["trigger_id"] for t in run.triggers}
+    revisions = {t["trigger_id"] for t in run.triggers if t.get("revises_trigger_id")}
+    revised = [r for r in run.responses if r["trigger_id"] in revisions]
+    assert len(revisions) == len(revised) == 2  # the recorder node says why, like offline
+    assert all(r["revision_reason"] == "clip_boundary" and r["revises_response_id"] for r in revised)
     for response in run.responses:
         assert response["ttft_sec"] > 0 and response["emit_stamp"] >= response["stamp"]
         # What it cost crossed DDS in the Response: the same top-level keys as offline.

@@ -331,6 +331,66 @@ def test_a_goal_is_refused_with_a_reason_while_the_node_is_inactive_or_over_limi
     assert asker.ask("What is on the screen right now?", mode="now", timeout=60).succeeded
 
 
+@pytest.mark.revision
+def test_a_scene_cut_soon_after_a_now_answer_revises_it_in_the_goals_feedback(graph):
+    """Revision over DDS: a `now` goal answered on one scene; the camera cuts to another
+    within the revision window; the goal's feedback brings a second trigger naming the first
+    (clip_boundary) and a final whose revises_response_id names the first answer; the result
+    lists both and its text is the revision's."""
+    _, client, asker, camera = graph
+    from dispider_ros.core.asks import Outcome
+    from dispider_ros.core.types import ErrorCode
+
+    # A window longer than the default, so a loaded host's perception lag cannot close it on
+    # the wall clock before the cut's feature arrives (the camera-time rule is what is tested).
+    (result,) = client.set_params("decision_node", {"revise_window_sec": 5.0})
+    assert result.successful, result.reason
+    try:
+        camera.play(VIDEOS / "mdn_stream-of-water.mp4", seconds=1.5)
+        recorder = Recorder()
+        handle = asker.ask_async("What is on the screen right now?", mode="now", revise=True,
+                                 **recorder.callbacks())
+        wait_for(lambda: recorder.of("trigger"), 30, "the answer's trigger")
+        cut = camera.play(VIDEOS / "mdn_cc0_friday.mp4", seconds=2.0)
+        result = handle.result(timeout=60)
+    finally:
+        (reset,) = client.set_params("decision_node", {"revise_window_sec": 2.0})
+        assert reset.successful, reset.reason
+    assert result.status == "succeeded" and result.outcome == Outcome.ANSWERED
+    first, revision = result.responses
+    assert first.error_code in (ErrorCode.OK, ErrorCode.PREEMPTED)  # neither fails the goal
+    assert revision.error_code == ErrorCode.OK and revision.revises_response_id == first.response_id
+    assert result.revisions == [revision] and result.text == revision.text
+    (_, asked), (_, revising) = recorder.of("trigger")
+    assert (revising.revises_trigger_id, revising.revision_reason) == (asked.trigger_id, "clip_boundary")
+    assert revising.trigger_id == revision.trigger_id and cut - 1e-6 <= stamp_of(revising.header) < cut + 2.0
+    finals = [m for _, m in recorder.of("final")]
+    assert [f.response_id for f in finals] == [first.response_id, revision.response_id]
+    revision_chunks = [m for _, m in recorder.of("chunk") if m.response_id == revision.response_id]
+    assert revision_chunks and all(c.revises_response_id == first.response_id for c in revision_chunks)
+
+
+@pytest.mark.revision
+def test_a_now_goal_without_a_cut_ends_after_the_window_and_revise_off_at_its_answer(graph):
+    _, _, asker, camera = graph
+    camera.play(VIDEOS / "mdn_cc0_flower.mp4", seconds=1.0)
+    ended = {}
+    for revise in (True, False):  # the camera is still: the window closes on the wall clock
+        recorder = Recorder()
+        handle = asker.ask_async("What is on the screen right now?", mode="now", revise=revise,
+                                 **recorder.callbacks())
+        result = handle.result(timeout=60)
+        done_at = time.monotonic()
+        assert result.succeeded and len(result.responses) == 1 and result.revisions == []
+        (final_at, _), = recorder.of("final")
+        ended[revise] = done_at - final_at
+    window = 2.0  # revise_window_sec's default
+    assert window - 0.1 <= ended[True] <= window + 1.5, ended
+    assert ended[False] < 1.0, ended
+    TIMINGS["now, revise on, still camera: final -> goal end s"] = ended[True]
+    TIMINGS["now, revise off: final -> goal end s"] = ended[False]
+
+
 def test_the_reaction_node_killed_mid_answer_aborts_the_goal_within_the_timeout(graph):
     processes, client, asker, camera = graph
     from dispider_ros.client import AskError
@@ -357,3 +417,4 @@ def test_the_reaction_node_killed_mid_answer_aborts_the_goal_within_the_timeout(
     assert ended - last_progress >= ANSWER_TIMEOUT_SEC - 0.2  # not before the timeout ...
     assert ended - killed <= ANSWER_TIMEOUT_SEC + 2.0  # ... and soon after it
     TIMINGS["kill: reaction killed -> goal aborted s"] = ended - killed
+
