@@ -479,7 +479,7 @@ def test_turning_revision_off_live_stops_pending_revisions():
 
 @pytest.mark.revision
 def test_boundary_queries_are_not_revised_on_clip_boundaries_and_canceled_queries_not_at_all():
-    core, _ = make_core(cooldown_sec=10.0)
+    core, _ = make_core(cooldown_sec=10.0, boundary_cooldown_sec=10.0)
     core.add_query(QuerySpec("narr", "narrate", mode="boundary"), now_stamp=0.0)
     (first,) = core.on_feature(feature(1.0, boundary=True, clip=1))
     assert core.revision_deadline(first.trigger_id) is None  # its next narration is the update
