@@ -207,11 +207,12 @@ def _read(path: Path) -> List[FrameTokens]:
     return out
 
 
-def as_retrieved(frames: List[FrameTokens]) -> List[FrameTokens]:
-    """Keyframes as the prompt shows them: in time order, each labelled with its time, the
-    first and each one from another camera than the one before also naming its camera (the
-    memory's rule: a camera is named when it changes), outside memory."""
-    out, camera = [], None
+def as_retrieved(frames: List[FrameTokens], camera_id: str = "") -> List[FrameTokens]:
+    """Keyframes as the prompt shows them: in time order, outside memory, each with its time
+    label; one also names its camera when that differs from the camera before it, the first
+    compared with `camera_id` (the trigger's: the question's own camera goes unnamed, as the
+    memory names it; labels are prefilled at every answer, so they are kept short)."""
+    out, camera = [], camera_id
     for frame in sorted(frames, key=lambda f: (f.stamp, f.camera_id)):
         out.append(dataclasses.replace(frame, labelled=True, named=frame.camera_id != camera, key=-1, overhead=0))
         camera = frame.camera_id

@@ -577,7 +577,7 @@ class ReactionEngine:
             kept = self.keyframes.get(clip.camera_id, clip.clip_index)
             frames += kept
             clips.append(dict(dataclasses.asdict(clip), keyframes=len(kept)))
-        return as_retrieved(frames), clips
+        return as_retrieved(frames, trigger.camera_id), clips
 
     def _await_evidence(self, trigger: TriggerEvent, stop: threading.Event) -> bool:
         """True when the trigger's evidence frame is in memory (waiting only if it is not yet)."""

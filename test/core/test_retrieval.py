@@ -105,6 +105,16 @@ def test_without_a_text_encoder_nothing_is_retrieved():
 
 
 # ---- keyframes ---------------------------------------------------------------------------------
+def test_a_retrieved_keyframe_names_its_camera_only_when_it_changes():
+    from dispider_ros.core.keyframe_store import as_retrieved
+
+    frames = [tokens(3.0, camera="b"), tokens(1.0), tokens(2.0), tokens(4.0, camera="b")]
+    shown = as_retrieved(frames, camera_id="cam")
+    assert [(f.stamp, f.camera_id, f.labelled, f.named, f.key) for f in shown] == [
+        (1.0, "cam", True, False, -1), (2.0, "cam", True, False, -1), (3.0, "b", True, True, -1),
+        (4.0, "b", True, False, -1)]
+
+
 def test_keyframes_spread_over_the_clip_whatever_its_length():
     store = KeyframeStore(per_clip=2, ram_bytes=1 << 30, disk_bytes=0)
     for n in range(100):
@@ -218,7 +228,7 @@ def test_retrieved_keyframes_reach_the_prompt_at_full_resolution_after_the_cache
         assert [f.frame_index for f in given] == [0, 8]  # the clip's 1st and 9th frames, in time order
         for frame in given:  # as encoded: level 0, the encoder's very tokens, labelled with their time
             assert frame.level == 0 and torch.equal(frame.tokens, encoded[frame.frame_index].tokens)
-        assert [(f.labelled, f.named) for f in given] == [(True, True), (True, False)]  # camera named once
+        assert [(f.labelled, f.named) for f in given] == [(True, False)] * 2  # the trigger's camera: time only
         assert all(f.level > 0 for f in probe.parts[1].items if getattr(f, "frame_index", -1) in (0, 8))
         assert retrieved.extras["frames_in_prompt"] == plain.extras["frames_in_prompt"] + 2
         assert retrieved.extras["history_span_sec"] == pytest.approx(19.5)
