@@ -11,12 +11,14 @@ of them lies inside the needle shot (the retrieval hit), the keyframes the react
 given (`PromptProbe`: level 0 = full resolution, and their stamps), how many needle frames its
 memory still held at full resolution (compression pools them), and the answer and whether it
 names the needle (world.names_scene). `recall_at_k` over many seeds is the figure.
+`run_needle(..., wrap_vlm=...)` wraps the reaction VLM, e.g. with `KeyframeSwap` (a broken
+retrieval: the retrieved keyframes show another scene), to check that the answer follows them.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -76,6 +78,32 @@ class PromptProbe:
         return self._inner.generate(parts, on_text=on_text, stop=stop)
 
 
+class KeyframeSwap:
+    """A broken retrieval: the reaction VLM, given every retrieved keyframe's visual tokens
+    replaced by those of camera views of `scene` (labels and stamps kept). An answer that
+    then names `scene` comes from the retrieved frames, not from the question's word."""
+
+    def __init__(self, inner, scene: world.Scene, seed: int = 0):
+        self._inner = inner
+        self.scene = scene
+        rng = np.random.default_rng(seed)
+        photo = world.load_photo(scene.name)
+        self._views = inner.encode_images([world.camera_view(photo, rng, size=FRAME_SIZE) for _ in range(4)])
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def generate(self, parts, on_text=None, stop=None):
+        swapped = []
+        for i, frame in enumerate(parts.retrieved):
+            tokens, grid = self._views[i % len(self._views)]
+            if tuple(grid) != tuple(frame.grid):
+                raise ValueError(f"swapped view grid {grid} differs from the keyframe's {frame.grid}")
+            swapped.append(dataclasses.replace(frame, tokens=tokens))
+        parts = dataclasses.replace(parts, retrieved=swapped)
+        return self._inner.generate(parts, on_text=on_text, stop=stop)
+
+
 @dataclass
 class NeedleResult:
     seed: int
@@ -95,8 +123,10 @@ class NeedleResult:
 
 
 def run_needle(recording: NeedleRecording, node_settings: Dict[str, dict],
-               answer_timeout_sec: float = 120.0) -> NeedleResult:
-    """Stream the recording through a fresh graph, ask its question at the end, await it."""
+               answer_timeout_sec: float = 120.0,
+               wrap_vlm: Optional[Callable[[object], object]] = None) -> NeedleResult:
+    """Stream the recording through a fresh graph, ask its question at the end, await it.
+    wrap_vlm (optional) wraps the reaction VLM, inside the probe (e.g. a KeyframeSwap)."""
     from dispider_ros import compose
     from dispider_ros.core.types import QuerySpec
 
@@ -109,7 +139,8 @@ def run_needle(recording: NeedleRecording, node_settings: Dict[str, dict],
     comp = compose.build_graph(node_settings, on_response, answer_timeout_sec=answer_timeout_sec,
                                id_prefix=f"needle{recording.seed}")
     try:
-        probe = PromptProbe(comp.graph.reaction.vlm)
+        vlm = comp.graph.reaction.vlm
+        probe = PromptProbe(wrap_vlm(vlm) if wrap_vlm is not None else vlm)
         comp.graph.reaction.vlm = probe
         camera = "/camera/color/image_raw"
         t = 0.0
@@ -144,4 +175,4 @@ def recall_at_k(results: Sequence[NeedleResult], k: Optional[int] = None) -> flo
     return float(np.mean(hits)) if hits else float("nan")
 
 
-__all__ = ["NeedleRecording", "NeedleResult", "PromptProbe", "needle_recording", "run_needle", "recall_at_k"]
+__all__ = ["KeyframeSwap", "NeedleRecording", "NeedleResult", "PromptProbe", "needle_recording", "run_needle", "recall_at_k"]

@@ -29,7 +29,8 @@ never re-runs vision; `generate(parts, on_text, stop)` answers over memory items
   caches.
 - Retrieved clips (PromptParts.retrieved): their keyframes open the suffix, after
   `retrieval_header` and each with its camera and time label, then the question; being
-  after the prefix, they are prefilled per answer and never disturb the cached memory.
+  after the prefix, they are prefilled per answer (the suffix but its last token, visual
+  tokens spliced in, before `generate()` continues) and never disturb the cached memory.
 - Frame labels: a frame with `labelled` set gets a label before it (`frame_label`, naming
   the camera, when `named` is set; else `time_label`); the others only their markers (the
   engine labels one frame every few seconds per camera and names the camera on a change).
@@ -226,6 +227,13 @@ class Qwen2VLBackend(ReactionVLM):
                 slot = self._slot_index(parts.cache_slot)
                 reused, cache, positions = self._prefill(prompt, slot)
                 length = len(prompt.ids)
+                # retrieved keyframes sit in the suffix, which generate() would embed as plain
+                # <|image_pad|> ids: run the suffix up to its last token here, frames spliced in
+                if any(start >= prompt.prefix_len for start, _ in prompt.frames):
+                    end = length - 1  # the suffix ends in text: generate() starts from its last token
+                    self._forward_prefix(self._embed(prompt, prompt.prefix_len, end), positions, cache,
+                                         prompt.prefix_len, end,
+                                         **self._decoder_inputs(prompt, prompt.prefix_len, end))
                 self._prepare_decode(positions, length)
                 streamer = callback_streamer(self.tokenizer, on_text)
                 input_ids = torch.from_numpy(prompt.ids)[None].to(self.device)  # (1, L)

@@ -153,6 +153,27 @@ def test_cached_visual_tokens_generate_what_pixel_values_generate(vlm):
     assert results[0] != results[1]  # the answer depends on the frames: equality is not vacuous
 
 
+def test_retrieved_keyframes_generate_what_pixel_values_generate(model_path, vlm):
+    """Keyframes of retrieved clips sit in the suffix (after the cached memory): generate()
+    must splice their visual tokens in, as the model's own pixel path does."""
+    from dispider_ros.core.keyframe_store import as_retrieved
+
+    reuse = backend(model_path, kv_reuse=True)
+    images = synthetic_frames(3, seed=4)
+    mem = memory_with(vlm, images)
+    results = []
+    for seed in (5, 6):
+        old = synthetic_frames(2, seed=seed)
+        retrieved = [as_retrieved(vlm.encode_frame(image, camera_id="cam", stamp=0.5 + i)) for i, image in enumerate(old)]
+        parts = PromptParts(mem.snapshot(), QUESTION, retrieved=retrieved)
+        inputs, expected = pixel_path_tokens(vlm, parts, images + old, 12)
+        assert np.array_equal(vlm._assemble(parts).ids, inputs["input_ids"][0].numpy())
+        got = [vlm.generate(parts).token_ids for _ in range(2)] + [reuse.generate(parts).token_ids for _ in range(2)]
+        assert all(ids == expected for ids in got), (got, expected)
+        results.append(expected)
+    assert results[0] != results[1]  # the answer depends on the retrieved frames
+
+
 def test_kv_reuse_generates_what_full_recompute_generates(model_path, vlm):
     reuse = backend(model_path, kv_reuse=True)
     mem = MemoryBuffer(MemoryConfig(max_tokens=10_000, protected_frames=2))
