@@ -26,7 +26,7 @@ The lines are exactly the prediction records `score_cli` reads (fields documente
                      retrieved_clips: its trigger's clips, each with `keyframes`, how many
                      of its keyframes were in the prompt (0: never started, or no longer
                      stored); a revision's final also has revision_reason (clip_boundary |
-                     score_drop)
+                     score_drop); a narration that replaced waiting ones, merged_trigger_ids
     type "run"       event "start" (mode, bag, annotations, t0, settings) or "end"
                      (system figures: sampled fps, drops, peak memory, speed); score_cli
                      skips these lines

@@ -259,7 +259,7 @@ class OfflineReplay:
             **({"stop_reason": event.extras.get("stop_reason", ""),
                 "retrieved_clips": event.extras.get("retrieved_clips", ()),
                 **{k: event.extras[k] for k in COST_KEYS if k in event.extras},
-                **{k: event.extras[k] for k in ("revision_reason",) if k in event.extras}}
+                **{k: event.extras[k] for k in ("revision_reason", "merged_trigger_ids") if k in event.extras}}
                if event.final else {}))
 
     def _on_trigger(self, trigger) -> None:

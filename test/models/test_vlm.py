@@ -164,7 +164,8 @@ def test_retrieved_keyframes_generate_what_pixel_values_generate(model_path, vlm
     results = []
     for seed in (5, 6):
         old = synthetic_frames(2, seed=seed)
-        retrieved = [as_retrieved(vlm.encode_frame(image, camera_id="cam", stamp=0.5 + i)) for i, image in enumerate(old)]
+        retrieved = as_retrieved([vlm.encode_frame(image, camera_id="cam", stamp=0.5 + i)
+                                  for i, image in enumerate(old)], camera_id="cam")
         parts = PromptParts(mem.snapshot(), QUESTION, retrieved=retrieved)
         inputs, expected = pixel_path_tokens(vlm, parts, images + old, 12)
         assert np.array_equal(vlm._assemble(parts).ids, inputs["input_ids"][0].numpy())
