@@ -252,5 +252,7 @@ def test_image_flood_does_not_starve_parameter_services(graph, tmp_path):
     finally:
         stop_process(flood)
         camera.clock += 1000.0  # the flood's stamps advanced 1 ms per frame
-    # Starved services answer late every time; a loaded host delays one call now and then.
-    assert sorted(durations)[len(durations) // 2] < 0.5 and max(durations) < 5.0, durations
+    # Starved services answer late every time; a loaded host delays one call now and then
+    # (one call of 6.1 s among 0.02-0.1 s ones in a fresh-clone run on 2 cores: the bound on
+    # the slowest call went from 5 to 10 s; the median, what starvation moves, stays < 0.5 s).
+    assert sorted(durations)[len(durations) // 2] < 0.5 and max(durations) < 10.0, durations

