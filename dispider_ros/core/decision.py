@@ -328,15 +328,7 @@ class DecisionCore:
             return []
         if score is None:
             return []
-        retrieved = self._retrieve(query)
-        self._trigger_count += 1
-        self.counters["triggers"] += 1
-        event = TriggerEvent(
-            trigger_id=f"{self._prefix}-{self._trigger_count}", query_id=query.query_id,
-            query_text=query.spec.text, camera_id=feature.camera_id, policy=query.mode,
-            score=float(score), stamp=feature.stamp, frame_index=feature.frame_index,
-            clip_index=feature.clip_index, clip_start=feature.clip_start, clip_end=feature.stamp,
-            frame_id=feature.frame_id, retrieved=retrieved)
+        event = self._new_trigger(query, feature, score, retrieved=self._retrieve(query))
         LOG.info("trigger %s: query %r (%s) score %.3f at %.3f on %r", event.trigger_id,
                  query.query_id, query.mode, score, feature.stamp, feature.camera_id)
         self.registry.record_response(query.query_id)
@@ -391,20 +383,24 @@ class DecisionCore:
             if not reason:
                 continue
             del self._revisable[key]  # one revision per answer; a revision opens no window
-            self._trigger_count += 1
-            self.counters["triggers"] += 1
             self.counters["revisions"] += 1
-            event = TriggerEvent(
-                trigger_id=f"{self._prefix}-{self._trigger_count}", query_id=query.query_id,
-                query_text=query.spec.text, camera_id=feature.camera_id, policy=query.mode,
-                score=float(score), stamp=feature.stamp, frame_index=feature.frame_index,
-                clip_index=feature.clip_index, clip_start=feature.clip_start, clip_end=feature.stamp,
-                frame_id=feature.frame_id, revises_trigger_id=trigger.trigger_id,
-                revision_reason=reason, retrieved=trigger.retrieved)  # the same older clips
+            event = self._new_trigger(query, feature, score, revises_trigger_id=trigger.trigger_id,
+                                      revision_reason=reason, retrieved=trigger.retrieved)  # same clips
             LOG.info("trigger %s revises %s: query %r, %s at %.3f on %r", event.trigger_id,
                      trigger.trigger_id, query.query_id, reason, feature.stamp, feature.camera_id)
             out.append(event)
         return out
+
+    def _new_trigger(self, query: ActiveQuery, feature: FrameFeature, score: float, **fields) -> TriggerEvent:
+        """A trigger of query on feature (a fresh id, counted); fields: retrieval, revision."""
+        self._trigger_count += 1
+        self.counters["triggers"] += 1
+        return TriggerEvent(
+            trigger_id=f"{self._prefix}-{self._trigger_count}", query_id=query.query_id,
+            query_text=query.spec.text, camera_id=feature.camera_id, policy=query.mode,
+            score=float(score), stamp=feature.stamp, frame_index=feature.frame_index,
+            clip_index=feature.clip_index, clip_start=feature.clip_start, clip_end=feature.stamp,
+            frame_id=feature.frame_id, **fields)
 
     def _smoothed(self, query: ActiveQuery, feature: FrameFeature) -> Optional[float]:
         """The query's smoothed score on feature's camera, this frame included. A query still
