@@ -50,6 +50,8 @@ from dispider_ros.core.types import FrameFeature, QuerySpec, TriggerEvent
 LOG = logging.getLogger(__name__)
 EmbedTexts = Callable[[Sequence[str]], np.ndarray]  # N texts -> (N, D), e.g. TextEncoder.encode_texts
 _TEXT_CACHE_SIZE = 256
+# Stamps near 1.7e9 s carry ~2e-7 s of float error; 0.1 ms is far below any sample interval.
+_STAMP_SLACK = 1e-4
 REVISABLE_KEPT = 256  # revisable answers held at once (the oldest window is dropped first)
 GATED_MODES = ("match", "activation")  # modes whose smoothed score can drop (policies._gate)
 
@@ -136,13 +138,14 @@ class DecisionCore:
         self._lock = threading.RLock()
         self._trigger_count = 0
         self._last_feature: Dict[str, FrameFeature] = {}
+        self._interval: Dict[str, float] = {}  # camera_id -> its last sample interval
         self._text_cache: "OrderedDict[str, np.ndarray]" = OrderedDict()
         self._loops: Dict[str, int] = {}  # camera_id -> backward time jumps seen
         self.clips = ClipIndex(self.config.retrieval_max_clips)
         # (query id, camera id) -> its newest revisable answer (see the module docstring)
         self._revisable: "OrderedDict[Tuple[str, str], _Revisable]" = OrderedDict()
         self.counters = {"features": 0, "triggers": 0, "policy_errors": 0, "camera_resets": 0,
-                         "bad_features": 0, "revisions": 0}
+                         "bad_features": 0, "revisions": 0, "now_waits": 0, "now_waits_expired": 0}
 
     def set_config(self, **changes) -> DecisionConfig:
         """Apply new settings at once (ValueError naming the bad value, nothing applied)."""
@@ -155,12 +158,19 @@ class DecisionCore:
             LOG.info("decision config updated: %s", changes)
             return new
 
-    def add_query(self, spec: QuerySpec, now_stamp: float) -> Tuple[ActiveQuery, List[TriggerEvent]]:
+    def add_query(self, spec: QuerySpec, now_stamp: float,
+                  catch_up: bool = False) -> Tuple[ActiveQuery, List[TriggerEvent]]:
         """Register a query; a "now" query fires at once on the latest feature if any.
 
         Args:
             spec: the question (mode "auto" resolved with query_text.infer_mode).
             now_stamp: current camera/ROS time, seconds (rate limit, default query stamp).
+            catch_up: the caller may not have delivered every feature up to spec.stamp yet
+                (decision_node: features and queries arrive on separate callbacks). A "now"
+                question then fires at once only where the camera's latest feature is the
+                frame current at its stamp (no later sample is due by then: latest stamp +
+                the camera's last sample interval > spec.stamp); elsewhere it waits for the
+                first feature that is, or for release_waiting (a stopped camera).
         Returns:
             (the registered query, triggers fired immediately).
         Raises:
@@ -182,9 +192,37 @@ class DecisionCore:
             triggers: List[TriggerEvent] = []
             if mode == "now":
                 for camera_id, feature in list(self._last_feature.items()):
-                    if query.watches(camera_id) and self.registry.get(query.query_id) is query:
-                        triggers += self._score(query, feature)
+                    if not (query.watches(camera_id) and self.registry.get(query.query_id) is query):
+                        continue
+                    not_before = spec.stamp - self._interval.get(camera_id, math.inf) + _STAMP_SLACK
+                    if catch_up and feature.stamp < not_before:
+                        self.policies["now"].wait(query, camera_id, not_before)
+                        self.counters["now_waits"] += 1
+                        continue
+                    triggers += self._score(query, feature)
             return query, triggers
+
+    def waiting(self, query_id: str) -> List[str]:
+        """Cameras on which a "now" question still waits for the frame at its stamp."""
+        with self._lock:
+            query = self.registry.get(query_id)
+            return [] if query is None or query.mode != "now" else self.policies["now"].waiting(query)
+
+    def release_waiting(self, query_id: str) -> List[TriggerEvent]:
+        """Fire a "now" question still waiting for the frame at its stamp on its cameras'
+        latest features (decision_node calls it after `now_wait_sec`: the camera stopped)."""
+        with self._lock:
+            query = self.registry.get(query_id)
+            if query is None or query.mode != "now":
+                return []
+            triggers: List[TriggerEvent] = []
+            for camera_id in self.policies["now"].waiting(query):
+                self.policies["now"].stop_waiting(query, camera_id)
+                self.counters["now_waits_expired"] += 1
+                feature = self._last_feature.get(camera_id)
+                if feature is not None and self.registry.get(query_id) is query:
+                    triggers += self._score(query, feature)
+            return triggers
 
     def new_query_id(self) -> str:
         """A fresh query id for a query sent without one ("<id_prefix>-q<n>")."""
@@ -211,6 +249,8 @@ class DecisionCore:
             previous = self._last_feature.get(feature.camera_id)
             if previous is not None and feature.stamp < previous.stamp:
                 self._on_time_jump(feature.camera_id, previous.stamp, feature.stamp)
+            elif previous is not None and feature.stamp > previous.stamp:
+                self._interval[feature.camera_id] = feature.stamp - previous.stamp
             self._last_feature[feature.camera_id] = feature
             self.clips.observe(feature)
             self.counters["features"] += 1

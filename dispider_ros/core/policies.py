@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -96,16 +96,30 @@ class Policy:
 
 
 class NowPolicy(Policy):
-    """Fires once per camera, on the first feature seen after the query arrived."""
+    """Fires once per camera, on the first feature seen after the query arrived - or, for a
+    question told to wait (DecisionCore.add_query with catch_up), on the first feature at or
+    after `not_before`."""
 
     name = "now"
 
     def observe(self, query, feature):
         state = self.state(query, feature.camera_id)
-        if state.get("fired"):
+        if state.get("fired") or feature.stamp < state.get("not_before", -math.inf):
             return None
         state["fired"] = True
+        state.pop("not_before", None)
         return 1.0
+
+    def wait(self, query, camera_id: str, not_before: float) -> None:
+        self.state(query, camera_id)["not_before"] = not_before
+
+    def waiting(self, query) -> List[str]:
+        """Cameras on which query still waits for a feature at its stamp."""
+        return [camera for camera, state in query.state.items()
+                if "not_before" in state and not state.get("fired")]
+
+    def stop_waiting(self, query, camera_id: str) -> None:
+        self.state(query, camera_id).pop("not_before", None)
 
 
 class BoundaryPolicy(Policy):

@@ -138,6 +138,11 @@ DECISION = _common("decision_node", "SigLIP/CLIP checkpoint whose text tower sco
           "reaction node) for this long: the reaction node is down, unreachable or stalled. "
           "Keep it above the slowest first token (queue wait, evidence wait, prefill)",
           0.5, 3600.0, live=True),
+    Param("now_wait_sec", 1.0, "a `now` question stamped later than its camera's newest "
+          "feature (features still queued, e.g. a replay) waits for the frame current at its "
+          "stamp at most this many wall seconds, then is answered from the newest frame (a "
+          "stopped camera); zero-stamped questions and `ask` goals never wait", 0.0, 60.0,
+          live=True),
     # -- question-relevant clip retrieval (core/clip_index.py)
     Param("retrieval_k", 1, "stored clips retrieved for a question about the past "
           "(query_text.refers_to_past), ranked by the match probability of the question and "

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import time
 import uuid
 from typing import Any, Dict, List, Optional
 
@@ -15,6 +16,9 @@ from dispider_ros.nodes.ask_server import AskServer
 from dispider_ros.nodes.base import RELIABLE, RELIABLE_INPUT, DispiderNode, run
 from dispider_ros.nodes.convert import (feature_from_msg, header, query_from_msg, to_sec,
                                         trigger_to_msg)
+
+WAIT_POLL_SEC = 0.05  # how often waiting "now" questions are checked against now_wait_sec
+
 
 class DecisionNode(DispiderNode):
     """Holds the active queries; publishes a Trigger whenever a policy fires."""
@@ -30,6 +34,8 @@ class DecisionNode(DispiderNode):
         self.cancel_pub = None
         self.inputs: List = []
         self.latest_stamp = 0.0
+        self._waiting: Dict[str, float] = {}  # "now" query id -> wall deadline (now_wait_sec)
+        self._wait_timer = None
         # The `ask` action exists in every state, so a goal to an inactive node is refused
         # with a reason rather than left unanswered.
         self.ask = AskServer(self, self.control_group)
@@ -57,11 +63,15 @@ class DecisionNode(DispiderNode):
                                      callback_group=group),
         ]
         self.ask.activate()
+        self._wait_timer = self.create_timer(WAIT_POLL_SEC, self._release_waiting, callback_group=group)
 
     def deactivate_io(self) -> None:
         for subscription in self.inputs:
             self.destroy_subscription(subscription)
         self.inputs = []
+        if self._wait_timer is not None:
+            self.destroy_timer(self._wait_timer)
+            self._wait_timer = None
         self.ask.deactivate(f"{self.get_fully_qualified_name()} deactivated")
 
     def cleanup_core(self) -> None:
@@ -111,10 +121,14 @@ class DecisionNode(DispiderNode):
         stamp = to_sec(msg.header.stamp)
         try:
             spec = query_from_msg(msg, assigned)
-            if spec.stamp <= 0:
+            stamped = spec.stamp > 0
+            if not stamped:
                 spec.stamp = self.latest_stamp  # zero stamp = "now" in camera time
-            # The rate limit runs on the node clock (sim time during replay).
-            query, triggers = core.add_query(spec, self.get_clock().now().nanoseconds * 1e-9)
+            # The rate limit runs on the node clock (sim time during replay). Features come on
+            # another callback group, so ones older than a stamped question may still be queued:
+            # it waits for the frame at its stamp (catch_up) rather than answer from an old one.
+            query, triggers = core.add_query(spec, self.get_clock().now().nanoseconds * 1e-9,
+                                             catch_up=stamped)
         except (ValueError, TypeError) as error:
             query_id = msg.query_id or assigned
             kind = getattr(error, "reason", "invalid")
@@ -122,7 +136,25 @@ class DecisionNode(DispiderNode):
             self._reject(query_id, stamp, str(error))
             return
         self.get_logger().info(f"query {query.query_id!r} mode={query.mode}: {query.spec.text!r}")
+        if core.waiting(query.query_id):
+            self._waiting[query.query_id] = time.monotonic() + self.settings["now_wait_sec"]
         self._publish(triggers)
+
+    def _release_waiting(self) -> None:
+        """Answer "now" questions whose frame did not come within now_wait_sec from the newest
+        frame (the camera stopped); forget those that fired or ended."""
+        core = self.core
+        if core is None or not self._waiting:
+            return
+        now = time.monotonic()
+        for query_id, deadline in list(self._waiting.items()):
+            if not core.waiting(query_id):
+                self._waiting.pop(query_id, None)
+            elif now >= deadline:
+                self._waiting.pop(query_id, None)
+                self.get_logger().warning(f"query {query_id!r}: no frame at its stamp within "
+                                          f"{self.settings['now_wait_sec']} s; answered from the newest")
+                self._publish(core.release_waiting(query_id))
 
     def _on_query_text(self, msg: String) -> None:
         self._on_query(Query(text=msg.data))

@@ -104,6 +104,38 @@ def test_now_query_before_any_frame_fires_on_the_next_one():
     assert core.on_feature(feature(1.0)) == []
 
 
+def test_a_stamped_now_query_ahead_of_queued_features_waits_for_the_frame_at_its_stamp():
+    # decision_node: features queued behind a question stamped 4.0 (a replay) must not have
+    # it answered from the 3.0 frame; offline (catch_up off) the latest frame is current.
+    core, _ = make_core()
+    for t in (2.5, 3.0):
+        core.on_feature(feature(t))
+    query, triggers = core.add_query(QuerySpec("q1", "what is this", mode="now", stamp=4.0),
+                                     now_stamp=4.0, catch_up=True)
+    assert triggers == [] and core.waiting("q1") == ["cam"]
+    assert core.on_feature(feature(3.5)) == []  # the 4.0 frame is still due
+    assert [t.stamp for t in core.on_feature(feature(4.0))] == [4.0]
+    assert core.waiting("q1") == [] and core.stats()["now_waits"] == 1
+
+
+def test_a_stamped_now_query_fires_at_once_on_the_frame_current_at_its_stamp():
+    core, _ = make_core()
+    for t in (2.5, 3.0):
+        core.on_feature(feature(t))
+    _, triggers = core.add_query(QuerySpec("q1", "what is this", mode="now", stamp=3.4),
+                                 now_stamp=3.4, catch_up=True)
+    assert [t.stamp for t in triggers] == [3.0]  # the 3.5 frame is not due before 3.4
+
+
+def test_a_waiting_now_query_is_released_on_the_newest_frame_when_the_camera_stopped():
+    core, _ = make_core()
+    for t in (2.5, 3.0):
+        core.on_feature(feature(t))
+    core.add_query(QuerySpec("q1", "what is this", mode="now", stamp=9.0), now_stamp=9.0, catch_up=True)
+    assert [t.stamp for t in core.release_waiting("q1")] == [3.0]
+    assert core.release_waiting("q1") == [] and core.stats()["now_waits_expired"] == 1
+
+
 def test_match_fires_on_the_matching_scene_only_and_silent_otherwise():
     # smoothing 0.6: EMA 0.40 on the first B frame, 0.64 on the second -> fires at 5.5
     core, encoder = make_core(smoothing=0.6, cooldown_sec=0.0)
