@@ -448,6 +448,11 @@ class ReactionEngine:
                    memory_span_sec=memory["history_span_sec"],
                    memory_compressions=memory["compressions"], **self.keeper.stats(),
                    **self.keyframes.stats())
+        # A backend's own counters (remote: requests, retries, server_down, fallbacks), so a
+        # robot + server deployment sees its link's health on /diagnostics.
+        backend_stats = getattr(self.vlm, "stats", None)
+        if callable(backend_stats):
+            out.update({f"vlm_{key}": value for key, value in backend_stats().items()})
         return out
 
     # ---- worker --------------------------------------------------------------------------

@@ -339,6 +339,8 @@ def test_a_server_that_is_down_gives_a_clear_error_and_the_engine_carries_on(lla
         second = sink.wait_final(engine.submit(trigger(2, query="q2", stamp=0.0)))
         assert second.error_code == ErrorCode.GENERATION_FAILED and "1 attempt(s)" in second.error
         assert engine.stats()["errors"] == 2 and vlm.stats()["retries"] == 2 and vlm.stats()["server_down"]
+        # ...and reaches the node's /diagnostics through the engine's stats
+        assert engine.stats()["vlm_retries"] == 2 and engine.stats()["vlm_server_down"] is True
     finally:
         engine.close()
         vlm.close()
