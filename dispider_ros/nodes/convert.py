@@ -117,13 +117,15 @@ def response_to_msg(event: ResponseEvent) -> Response:
         prefill_tokens=int(cost.get("prefill_tokens", 0)),
         frames_in_prompt=int(cost.get("frames_in_prompt", 0)),
         history_span_sec=float(cost.get("history_span_sec", math.nan)),
-        retrieved_clips=[clip_to_msg(c) for c in cost.get("retrieved_clips", ())])
+        retrieved_clips=[clip_to_msg(c) for c in cost.get("retrieved_clips", ())],
+        merged_trigger_ids=list(cost.get("merged_trigger_ids", ())))
 
 
 def response_cost(msg: Response) -> dict:
-    """What a final Response cost, keyed as the run record's COST_KEYS (NaN span = none), and
-    the clips its trigger retrieved."""
+    """What a final Response cost, keyed as the run record's COST_KEYS (NaN span = none), the
+    clips its trigger retrieved and, for a narration that stands for others, their triggers."""
+    merged = {"merged_trigger_ids": list(msg.merged_trigger_ids)} if msg.merged_trigger_ids else {}
     return {"prompt_tokens": int(msg.prompt_tokens), "reused_tokens": int(msg.reused_tokens),
             "prefill_tokens": int(msg.prefill_tokens), "frames_in_prompt": int(msg.frames_in_prompt),
             "history_span_sec": float(msg.history_span_sec),
-            "retrieved_clips": [clip_record(c) for c in msg.retrieved_clips]}
+            "retrieved_clips": [clip_record(c) for c in msg.retrieved_clips], **merged}

@@ -145,6 +145,11 @@ def test_what_an_answer_cost_goes_from_the_event_into_the_message_and_the_record
                           stamp=12.0, text="Open.", final=True, sequence=2,
                           extras=dict(cost, stop_reason="eos"))
     assert response_cost(response_to_msg(event)) == cost
+    # a narration that stands for the waiting ones it replaced names them, oldest first
+    merged = dict(cost, merged_trigger_ids=["t-13", "t-14"])
+    event.extras = dict(merged, stop_reason="eos")
+    assert response_to_msg(event).merged_trigger_ids == ["t-13", "t-14"]
+    assert response_cost(response_to_msg(event)) == merged
     bare = response_cost(response_to_msg(ResponseEvent("r", "t", "q", "front", 12.0, "", True, 0)))
     assert bare.pop("retrieved_clips") == []
     assert math.isnan(bare.pop("history_span_sec")) and set(bare.values()) == {0}
