@@ -22,6 +22,7 @@ the builders the nodes use (dispider_ros.compose), so only the weights are the b
 from __future__ import annotations
 
 import json
+import threading
 import logging
 import dataclasses
 from dataclasses import asdict, dataclass
@@ -200,3 +201,27 @@ def load_vlm(overrides: Optional[Dict[str, Any]] = None, **config_changes):
     node = node_settings("reaction_node", overrides)
     config = compose.reaction_vlm_config(node, settings.resolve_models("reaction_node", node))
     return load_reaction_vlm(dataclasses.replace(config, **config_changes))
+
+
+class ShippedReaction:
+    """A ReactionEngine as reaction_node composes it at the shipped settings, with the bench
+    Qwen2-VL answering exactly `answer_tokens` (a fixed answer length, so arms compare
+    prefill, not luck); `wrap` wraps the model (e.g. to record what it was given).
+    `finals` maps trigger id -> final event; `done` is set on each final."""
+
+    def __init__(self, answer_tokens: int, wrap=None):
+        from dispider_ros.core.reaction import ReactionEngine
+
+        lengths = {"max_new_tokens": answer_tokens, "min_new_tokens": answer_tokens}
+        self.config = compose.reaction_config(node_settings("reaction_node", lengths))
+        self.period = 1.0 / node_settings("perception_node")["sample_fps"]
+        vlm = load_vlm(lengths)
+        self.vlm = wrap(vlm) if wrap is not None else vlm
+        self.finals: dict = {}
+        self.done = threading.Event()
+        self.engine = ReactionEngine(self.config, self._on_response, vlm=self.vlm)
+
+    def _on_response(self, event) -> None:
+        if event.final:
+            self.finals[event.trigger_id] = event
+            self.done.set()

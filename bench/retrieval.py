@@ -20,14 +20,11 @@ frame opens one sampling period, the worker's idle prefill gets what is left of 
 """
 from __future__ import annotations
 
-import threading
 import time
 
 from bench import models
 from bench.common import distinct_frames, percentile
-from dispider_ros import compose
 from dispider_ros.core import schema
-from dispider_ros.core.reaction import ReactionEngine
 from dispider_ros.core.types import Frame, RetrievedClip, TriggerEvent
 
 CAMERA = "/camera/color/image_raw"
@@ -74,21 +71,10 @@ def ttft(quick: bool, log=print, k: int = -1) -> dict:
     """k -1 = the shipped retrieval_k."""
     frames = 600 if quick else 2000
     images = distinct_frames(240)
-    settings = models.node_settings("reaction_node", {"max_new_tokens": ANSWER_TOKENS,
-                                                      "min_new_tokens": ANSWER_TOKENS})
-    config = compose.reaction_config(settings)
     k = schema.default("decision_node", "retrieval_k") if k < 0 else k
-    period = 1.0 / models.node_settings("perception_node")["sample_fps"]
-    vlm = models.load_vlm({"max_new_tokens": ANSWER_TOKENS, "min_new_tokens": ANSWER_TOKENS})
-    finals: dict = {}
-    done = threading.Event()
-
-    def on_response(event) -> None:
-        if event.final:
-            finals[event.trigger_id] = event
-            done.set()
-
-    engine = ReactionEngine(config, on_response, vlm=vlm)
+    shipped = models.ShippedReaction(ANSWER_TOKENS)
+    config, period, vlm, engine = shipped.config, shipped.period, shipped.vlm, shipped.engine
+    finals, done = shipped.finals, shipped.done
     arms = {"with": [], "without": []}
     prompt = {"with": [], "without": []}
     try:

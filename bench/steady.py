@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import threading
 import time
 from typing import List
 
@@ -37,10 +36,8 @@ import torch
 
 from bench import models
 from bench.common import distinct_frames, median, percentile
-from dispider_ros import compose
 from dispider_ros.core.memory import FrameTokens
 from dispider_ros.core.protocols import PromptParts
-from dispider_ros.core.reaction import ReactionEngine
 from dispider_ros.core.types import Frame, TriggerEvent
 
 QUESTION = "What is on the table now?"
@@ -99,20 +96,9 @@ def run(quick: bool, log=print, frames: int = 0) -> dict:
     """frames 0 = 2,000 (the bar), 800 in the quick run (steady state from ~150 frames on)."""
     frames = frames or (800 if quick else 2000)
     images = distinct_frames(240)
-    settings = models.node_settings("reaction_node", {"max_new_tokens": ANSWER_TOKENS,
-                                                      "min_new_tokens": ANSWER_TOKENS})
-    config = compose.reaction_config(settings)
-    period = 1.0 / models.node_settings("perception_node")["sample_fps"]
-    vlm = EncodedOnce(models.load_vlm({"max_new_tokens": ANSWER_TOKENS, "min_new_tokens": ANSWER_TOKENS}))
-    finals: dict = {}
-    done = threading.Event()
-
-    def on_response(event) -> None:
-        if event.final:
-            finals[event.trigger_id] = event
-            done.set()
-
-    engine = ReactionEngine(config, on_response, vlm=vlm)
+    shipped = models.ShippedReaction(ANSWER_TOKENS, wrap=EncodedOnce)
+    config, period, vlm, engine = shipped.config, shipped.period, shipped.vlm, shipped.engine
+    finals, done = shipped.finals, shipped.done
     keeper = engine.keeper
     ttfts: List[float] = []
     waits: List[float] = []  # submit -> the worker takes it (an idle step in progress)
