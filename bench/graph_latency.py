@@ -167,6 +167,11 @@ def _module(*args: str) -> List[str]:
     return [sys.executable, "-m", "bench.graph_processes", *args]
 
 
+def _plan_file(plan: dict, path: Path) -> str:
+    path.write_text(json.dumps(plan))
+    return str(path)
+
+
 def _start(children: list, wall_lead: float = 1.0) -> float:
     """Send every ready child the same start time; return it."""
     wall0 = time.time() + wall_lead
@@ -194,7 +199,8 @@ def run_ours(plan: dict, env: dict, log_dir: Path, params: Path, timing: dict) -
                  "--params-file", str(overrides), "-r", f"__ns:={namespace}"],
                 stdout=open(log_dir / f"{name}.log", "wb"), stderr=subprocess.STDOUT, env=env,
                 cwd=log_dir, start_new_session=True)  # cwd outside the source tree
-        observer = _Child(_module("observe", namespace, json.dumps(plan)), env, log_dir / "observer.log")
+        observer = _Child(_module("observe", namespace, _plan_file(plan, log_dir / "plan_ours.json")), env,
+                          log_dir / "observer.log")
         camera = _Child(_module("camera", f"{namespace}/image", str(camera_seconds(plan))), env,
                         log_dir / "camera_ours.log")
         children += [observer, camera]
@@ -217,8 +223,8 @@ def run_sequential(plan: dict, env: dict, log_dir: Path, timing: dict) -> tuple:
     children: List[_Child] = []
     started = time.monotonic()
     try:
-        baseline = _Child(_module("sequential", plan["namespace"], json.dumps(plan)), env,
-                          log_dir / "sequential.log")
+        baseline = _Child(_module("sequential", plan["namespace"],
+                                  _plan_file(plan, log_dir / "plan_sequential.json")), env, log_dir / "sequential.log")
         children.append(baseline)
         baseline.expect("ready", 300)
         camera = _Child(_module("camera", f"{plan['namespace']}/image", str(camera_seconds(plan))),

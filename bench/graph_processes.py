@@ -20,6 +20,7 @@ import os
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Dict
 
 from bench.graph_figures import NARRATION_ID, Record, windows
@@ -315,14 +316,15 @@ def main(argv=None) -> int:
     for name in ("observe", "sequential"):
         p = sub.add_parser(name)
         p.add_argument("namespace")
-        p.add_argument("plan", help="JSON")
+        p.add_argument("plan", type=Path, help="a JSON file (a full run's plan is over the "
+                       "128 KB that Linux allows one argument)")
     args = parser.parse_args(argv)
     if args.command == "camera":
         camera_main(args.topic, args.seconds)
     elif args.command == "observe":
-        observe_main(args.namespace, json.loads(args.plan))
+        observe_main(args.namespace, json.loads(args.plan.read_text()))
     else:
-        sequential_main(args.namespace, json.loads(args.plan))
+        sequential_main(args.namespace, json.loads(args.plan.read_text()))
     return 0
 
 
