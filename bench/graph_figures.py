@@ -10,6 +10,7 @@ import threading
 from typing import Dict, List, Optional
 
 from bench.common import percentile
+from dispider_ros.core.types import ErrorCode
 
 NARRATION_ID = "narrate"
 # Answers counted in decode rates decode at least this many tokens after their first: a
@@ -57,6 +58,14 @@ class Record:
     def finals_of(self, prefix: str) -> int:
         with self.lock:
             return sum(1 for f in self.finals if f["query_id"].startswith(prefix))
+
+    def answered_of(self, prefix: str) -> int:
+        """Questions (query ids with the prefix) that got their answer: a final that was not
+        PREEMPTED (a pre-empted answer's revision still comes). A revision's final counts
+        nothing more, so revisions do not make the asker ask more."""
+        with self.lock:
+            return len({f["query_id"] for f in self.finals if f["query_id"].startswith(prefix)
+                        and f.get("error_code") != ErrorCode.PREEMPTED})
 
     def to_json(self) -> dict:
         with self.lock:

@@ -193,7 +193,7 @@ def observe_main(namespace: str, plan: dict) -> None:
         _sleep_until(win["busy"][0])
         ask(NARRATION_ID, NARRATION, "boundary")
         while time.time() < win["busy"][1]:
-            if asked - record.finals_of("busy-") < plan["outstanding"]:
+            if asked - record.answered_of("busy-") < plan["outstanding"]:
                 ask(f"busy-{asked}", QUESTION, "now")
                 asked += 1
             time.sleep(0.01)
@@ -209,7 +209,7 @@ def observe_main(namespace: str, plan: dict) -> None:
         # The reaction alone: camera stopped, nothing else running, one answer at a time.
         for i in range(plan["alone"]):
             ask(f"alone-{i}", QUESTION, "now")
-            _wait(lambda: record.finals_of(f"alone-{i}") >= 1, ANSWER_TIMEOUT_SEC, f"answer alone-{i}")
+            _wait(lambda: record.answered_of(f"alone-{i}") >= 1, ANSWER_TIMEOUT_SEC, f"answer alone-{i}")
         time.sleep(1.2)  # one more diagnostics period
         record.extra["diagnostics"] = {name: {k: v for k, v in values.items() if k.startswith((
             "frames_", "processed_fps", "queue_lag", "fault.", "sampled", "dropped", "queue",

@@ -89,3 +89,19 @@ def test_rate_read_off_a_line_of_seconds_per_token_against_prompt_tokens():
     assert rate_at(answers, 4200) == pytest.approx(1 / (0.01 + 2e-6 * 4200))
     assert rate_at(answers[:2], 4200) is None  # too few
     assert rate_at(answers, 20000) is None  # spread under 20 % of the size read at
+
+
+def test_a_question_counts_as_answered_once_and_not_while_preempted():
+    """The asker keeps BUSY_OUTSTANDING questions unanswered: a revision's final (or a
+    pre-empted one before it) must not make it ask more (it once asked 537 in a quick run)."""
+    from bench.graph_figures import Record
+    from dispider_ros.core.types import ErrorCode
+
+    record = Record()
+    record.final(trigger_id="t1", query_id="busy-0", error_code=int(ErrorCode.PREEMPTED))
+    assert record.answered_of("busy-") == 0  # its revision is still to come
+    record.final(trigger_id="t2", query_id="busy-0", error_code=0)  # the revision
+    record.final(trigger_id="t3", query_id="busy-1", error_code=0)
+    record.final(trigger_id="t4", query_id="busy-1", error_code=0)  # busy-1's revision
+    record.final(trigger_id="t5", query_id="busy-2", error_code=int(ErrorCode.QUERY_REJECTED))
+    assert record.answered_of("busy-") == 3 and record.finals_of("busy-") == 5
