@@ -495,6 +495,8 @@ def test_a_bag_loop_resets_and_adjusts_what_it_must_and_says_so(graph):
 # ---- 5. the reaction node killed mid-answer ----------------------------------------------------------
 def test_reaction_killed_mid_answer_and_restarted_while_the_rest_keeps_going(graph):
     processes, client, stream, queries = graph
+    from dispider_ros.msg import Query
+
     (result,) = client.set_params("reaction_node", {"max_new_tokens": 48})  # 48 x 0.25 s: 12 s
     assert result.successful, result.reason
     ask(queries, "slow-1", "SLOW: describe everything you see", mode="now")
