@@ -104,14 +104,26 @@ def test_now_query_before_any_frame_fires_on_the_next_one():
     assert core.on_feature(feature(1.0)) == []
 
 
-def test_a_stamped_now_query_ahead_of_queued_features_waits_for_the_frame_at_its_stamp():
-    # decision_node: features queued behind a question stamped 4.0 (a replay) must not have
-    # it answered from the 3.0 frame; offline (catch_up off) the latest frame is current.
+def _core_at_3s():
+    """A core that has seen the 2.5 and 3.0 frames of a 2 fps camera."""
     core, _ = make_core()
     for t in (2.5, 3.0):
         core.on_feature(feature(t))
-    query, triggers = core.add_query(QuerySpec("q1", "what is this", mode="now", stamp=4.0),
-                                     now_stamp=4.0, catch_up=True)
+    return core
+
+
+def _ask_stamped(core, stamp):
+    """A now question stamped `stamp`, as decision_node adds a stamped one (catch_up)."""
+    _, triggers = core.add_query(QuerySpec("q1", "what is this", mode="now", stamp=stamp),
+                                 now_stamp=stamp, catch_up=True)
+    return triggers
+
+
+def test_a_stamped_now_query_ahead_of_queued_features_waits_for_the_frame_at_its_stamp():
+    # decision_node: features queued behind a question stamped 4.0 (a replay) must not have
+    # it answered from the 3.0 frame; offline (catch_up off) the latest frame is current.
+    core = _core_at_3s()
+    triggers = _ask_stamped(core, 4.0)
     assert triggers == [] and core.waiting("q1") == ["cam"]
     assert core.on_feature(feature(3.5)) == []  # the 4.0 frame is still due
     assert [t.stamp for t in core.on_feature(feature(4.0))] == [4.0]
@@ -119,19 +131,14 @@ def test_a_stamped_now_query_ahead_of_queued_features_waits_for_the_frame_at_its
 
 
 def test_a_stamped_now_query_fires_at_once_on_the_frame_current_at_its_stamp():
-    core, _ = make_core()
-    for t in (2.5, 3.0):
-        core.on_feature(feature(t))
-    _, triggers = core.add_query(QuerySpec("q1", "what is this", mode="now", stamp=3.4),
-                                 now_stamp=3.4, catch_up=True)
+    core = _core_at_3s()
+    triggers = _ask_stamped(core, 3.4)
     assert [t.stamp for t in triggers] == [3.0]  # the 3.5 frame is not due before 3.4
 
 
 def test_a_waiting_now_query_is_released_on_the_newest_frame_when_the_camera_stopped():
-    core, _ = make_core()
-    for t in (2.5, 3.0):
-        core.on_feature(feature(t))
-    core.add_query(QuerySpec("q1", "what is this", mode="now", stamp=9.0), now_stamp=9.0, catch_up=True)
+    core = _core_at_3s()
+    _ask_stamped(core, 9.0)
     assert [t.stamp for t in core.release_waiting("q1")] == [3.0]
     assert core.release_waiting("q1") == [] and core.stats()["now_waits_expired"] == 1
 
